@@ -1,0 +1,1 @@
+"""Token-Guard self-checking decoding: config, scoring math, chain selection, runner, verifier."""

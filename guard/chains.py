@@ -1,0 +1,25 @@
+"""Representative candidate chains by TF-IDF + KMeans clustering (seed 004, stage 3)."""
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.metrics import pairwise_distances_argmin
+
+
+def representative_chains(texts: list[str], n_clusters: int, seed: int = 0) -> list[int]:
+    """Sorted indices of the texts nearest each KMeans centroid over their TF-IDF vectors.
+
+    With no more texts than clusters every index is returned. The cluster count is capped at
+    the number of distinct TF-IDF rows, so duplicates never leave a cluster empty; texts with
+    no usable words at all form a single cluster represented by text 0.
+    """
+    if len(texts) <= n_clusters:
+        return list(range(len(texts)))
+    try:
+        vectors = TfidfVectorizer().fit_transform(texts)
+    except ValueError:  # empty vocabulary: every text is empty or has no word tokens
+        return [0]
+    distinct = len(np.unique(vectors.toarray(), axis=0))
+    kmeans = KMeans(n_clusters=min(n_clusters, distinct), n_init=10, random_state=seed)
+    kmeans.fit(vectors)
+    return sorted({int(i) for i in pairwise_distances_argmin(kmeans.cluster_centers_, vectors)})

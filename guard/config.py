@@ -1,0 +1,96 @@
+"""Token-Guard hyperparameters (seed 004) with paper defaults and validated ranges."""
+
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_CANDIDATES = 16
+
+
+class GuardConfig(BaseModel):
+    """Settings for one guarded generation; server defaults merged with per-request overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="Run guarded generation for this request.")
+    mode: Literal["guard", "verify"] = Field(
+        "guard",
+        description="'guard': Token-Guard self-checking decoding; "
+        "'verify': plain decoding whose answer is checked afterwards.",
+    )
+    num_candidates: int = Field(
+        4, ge=1, le=MAX_CANDIDATES, description="M: candidate tokens scored per step (Eq. 5)."
+    )
+    lam: float = Field(
+        0.6, ge=0.0, le=1.0, description="lambda: weight of hidden-state cosine vs. probability."
+    )
+    tau_token: float = Field(
+        0.4, ge=0.0, le=1.0, description="tau_token: minimum token score to pass (Eq. 7)."
+    )
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="Segment weight of token score (Eq. 12).")
+    beta: float = Field(0.3, ge=0.0, le=1.0, description="Segment weight of consistency (Eq. 12).")
+    gamma: float = Field(0.2, ge=0.0, le=1.0, description="Segment weight of alignment (Eq. 12).")
+    tau_low: float = Field(
+        0.55, ge=0.0, le=1.0, description="Segments scoring below this are discarded."
+    )
+    tau_high: float = Field(
+        0.75, ge=0.0, le=1.0, description="Segments scoring at least this are accepted."
+    )
+    n_max: int = Field(3, ge=0, le=10, description="N_max: local refinements per segment.")
+    tau_global: float = Field(
+        0.7, ge=0.0, le=1.0, description="Minimum global chain score to answer (Eq. 17)."
+    )
+    delta_tau: float = Field(
+        0.1, ge=0.0, le=1.0, description="Segment-threshold adjustment per global retry (Eq. 18)."
+    )
+    m_max: int = Field(2, ge=0, le=10, description="M_max: global re-checks of a failing chain.")
+    chains: int = Field(1, ge=1, le=8, description="Candidate chains sampled per request.")
+    clusters: int = Field(
+        3, ge=1, le=8, description="KMeans clusters over chains (3 small sets, 5 large)."
+    )
+    score_temperature: float = Field(
+        0.3, gt=0.0, le=5.0, description="Softmax temperature of candidate probabilities."
+    )
+    sampling_temperature: float = Field(
+        0.4, ge=0.0, le=5.0, description="Temperature for sampling among candidates; 0 is greedy."
+    )
+    max_segment_tokens: int = Field(
+        48, ge=4, le=512, description="Length cap that closes a segment without a boundary."
+    )
+    segment_boundary: Literal["sentence", "line"] = Field(
+        "sentence", description="What ends a segment: a sentence end or a newline."
+    )
+    fact_normalize_by_k: bool = Field(
+        False,
+        description="Apply the 1/K printed in Eq. 14 to F_fact. Off by default, as in the "
+        "public reference code: with it F_fact shrinks with the number of segments.",
+    )
+    on_failure: Literal["refuse", "truncate"] = Field(
+        "refuse",
+        description="On a failed check: refuse outright, or keep the accepted prefix "
+        "and append the truncation marker (HALT-style partial answer).",
+    )
+    refusal_message: str = Field(
+        "I cannot answer that reliably.",
+        min_length=1,
+        max_length=1000,
+        description="Answer returned on refusal.",
+    )
+    truncation_marker: str = Field(
+        "Unsure from here",
+        max_length=1000,
+        description="Text appended where a truncated answer stops.",
+    )
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Self:
+        if self.tau_low > self.tau_high:
+            raise ValueError(f"tau_low ({self.tau_low}) must be <= tau_high ({self.tau_high})")
+        if self.alpha + self.beta + self.gamma <= 0:
+            raise ValueError("alpha + beta + gamma must be > 0")
+        return self
+
+    @classmethod
+    def merged(cls, base: "GuardConfig", overrides: dict[str, Any]) -> Self:
+        """Apply per-request overrides (only the keys to change) to server defaults; re-validate."""
+        return cls.model_validate({**base.model_dump(), **overrides})

@@ -1,0 +1,134 @@
+"""The torch engine's step loop: admit and prefill, then one batched tree step for all running."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from guard.model_runner import ModelRunner
+from guard.scheduler import Scheduler
+from guard.sequence import Sequence, SequenceOutput
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """Outputs of one engine step, per request id, and the size of the batched forward."""
+
+    outputs: dict[str, SequenceOutput]
+    failed: dict[str, str]
+    batch_size: int
+
+
+class LLMEngine:
+    """Ties scheduler and runner together; a sequence decides its own tokens."""
+
+    def __init__(self, runner: ModelRunner, max_prefill_tokens: int = 4096) -> None:
+        self.runner = runner
+        self.scheduler = Scheduler(runner.num_slots, max_prefill_tokens)
+        self._by_id: dict[str, Sequence] = {}
+
+    def add(self, seq: Sequence) -> None:
+        """Queue a sequence; it joins the running batch at the next step with a free slot."""
+        self._by_id[seq.request_id] = seq
+        self.scheduler.add(seq)
+
+    def abort(self, request_id: str) -> None:
+        """Drop a sequence and free its slot now (client went away)."""
+        seq = self._by_id.pop(request_id, None)
+        if seq is not None:
+            self._release(seq)
+
+    def has_work(self) -> bool:
+        """Whether any sequence is waiting or running."""
+        return self.scheduler.has_work()
+
+    def step(self) -> StepResult:
+        """Prefill newly admitted sequences, then advance every running sequence by one step."""
+        failed: dict[str, str] = {}
+        admitted = self.scheduler.admit()
+        if admitted:
+            self._prefill(admitted, failed)
+        batch: list[Sequence] = []
+        candidates: list[list[int]] = []
+        for seq in list(self.scheduler.running):
+            proposal = self._guarded(seq, failed, seq.propose)
+            if proposal is not None:
+                batch.append(seq)
+                candidates.append(proposal)
+        if batch:
+            self._tree_step(batch, candidates, failed)
+        outputs: dict[str, SequenceOutput] = {}
+        for seq in [*admitted, *self.scheduler.running]:
+            if seq.request_id in failed or seq.request_id in outputs:
+                continue
+            output = seq.take_output()
+            if output is not None:
+                outputs[seq.request_id] = output
+            if seq.finished:
+                self._release(seq)
+        return StepResult(outputs, failed, len(batch))
+
+    def _prefill(self, seqs: list[Sequence], failed: dict[str, str]) -> None:
+        try:
+            out = self.runner.extend([s.slot for s in seqs], [s.prompt_ids for s in seqs])
+        except Exception as exc:  # one bad batch fails its own requests only
+            logger.exception("prefill failed")
+            for seq in seqs:
+                self._fail(seq, failed, exc)
+            return
+        for row, seq in enumerate(seqs):
+            self._guarded(seq, failed, seq.on_prefill, out.logits[row], out.hidden[row])
+
+    def _tree_step(
+        self, batch: list[Sequence], candidates: list[list[int]], failed: dict[str, str]
+    ) -> None:
+        slots = [s.slot for s in batch]
+        try:
+            out = self.runner.tree_step(slots, candidates)
+        except Exception as exc:
+            logger.exception("tree step failed")
+            for seq in batch:
+                self._fail(seq, failed, exc)
+            return
+        kept: list[Sequence] = []
+        decisions = []
+        for row, seq in enumerate(batch):
+            width = len(candidates[row])
+            decision = self._guarded(
+                seq, failed, seq.on_step, out.logits[row, :width], out.hidden[row, :width]
+            )
+            if decision is not None:
+                kept.append(seq)
+                decisions.append(decision)
+        self.runner.commit([s.slot for s in kept], [d.chosen for d in decisions])
+        for seq, decision in zip(kept, decisions, strict=True):
+            if decision.rollback_to is not None:
+                self.runner.truncate(seq.slot, len(seq.prompt_ids) + decision.rollback_to)
+
+    def _guarded(
+        self, seq: Sequence, failed: dict[str, str], call: Callable[..., T], *args: object
+    ) -> T | None:
+        """Run one sequence's own logic; an exception there fails that sequence alone."""
+        try:
+            return call(*args)
+        except Exception as exc:
+            logger.exception("sequence %s failed", seq.request_id)
+            self._fail(seq, failed, exc)
+            return None
+
+    def _fail(self, seq: Sequence, failed: dict[str, str], exc: Exception) -> None:
+        failed[seq.request_id] = f"{type(exc).__name__}: {exc}"
+        self._by_id.pop(seq.request_id, None)
+        self._release(seq)
+
+    def _release(self, seq: Sequence) -> None:
+        if seq.slot >= 0:
+            self.runner.truncate(seq.slot, 0)
+        self.scheduler.release(seq)
+        self._by_id.pop(seq.request_id, None)

@@ -1,0 +1,359 @@
+"""A guarded request: Token-Guard's token phase, segment scoring, refinement and global check."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from guard import scoring
+from guard.config import GuardConfig
+from guard.report import GlobalReport, GuardReport, SegmentReport
+from guard.sampling import SamplingParams
+from guard.sequence import Sequence, SequenceOutput, StepDecision
+
+Embedder = Callable[[list[int]], torch.Tensor]
+EvidenceScorer = Callable[[str], float]
+
+
+@dataclass(frozen=True)
+class Shortlist:
+    """The few most likely next tokens at one position and their probabilities (Eq. 5's P)."""
+
+    ids: list[int]
+    probs: torch.Tensor
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor, size: int, temperature: float) -> Shortlist:
+        """Top `size` tokens with full-vocabulary softmax probabilities at `temperature`."""
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
+        top = torch.topk(probs, size)
+        return cls(top.indices.tolist(), top.values)
+
+    def without(self, banned: set[int], count: int) -> tuple[list[int], torch.Tensor]:
+        """The first `count` tokens that are not banned, with their probabilities."""
+        keep = [i for i, token in enumerate(self.ids) if token not in banned][:count]
+        return [self.ids[i] for i in keep], self.probs[keep]
+
+
+@dataclass
+class TokenRecord:
+    """One token of the open segment: what is needed to score it and to regenerate from it."""
+
+    token: int
+    hidden: torch.Tensor
+    score: float
+    options: Shortlist
+
+
+@dataclass
+class ClosedSegment:
+    """A scored segment kept in the chain: compact vectors only (Eq. 14-16 need no more)."""
+
+    token_ids: list[int]
+    report: SegmentReport
+    representation: torch.Tensor
+    score_norm: float
+    mean_embedding: torch.Tensor
+
+
+@dataclass
+class _OpenSegment:
+    tokens: list[TokenRecord] = field(default_factory=list)
+    banned: dict[int, set[int]] = field(default_factory=dict)
+    refinements: int = 0
+    mean: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    count: int = 0
+
+
+class GuardedSequence(Sequence):
+    """Token-Guard decoding of one chain on the batched tree step.
+
+    Each step proposes the top-M candidates of the current position; the tree step returns
+    their hidden states and next-token logits; the best-scoring candidate is kept (Eq. 5-7).
+    A segment closes at a boundary and is scored (Eq. 8-12): accepted segments join the chain,
+    weak ones are regenerated from the window around their weakest token (Eq. 13) by rolling
+    the slot back, failing ones end the chain. At the end the chain is checked (Eq. 14-18).
+    Text leaves the sequence only once its segment is accepted; with `hold_until_checked`
+    it waits for the global check, which then may re-decode the chain with adjusted thresholds.
+    """
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        tokenizer: PreTrainedTokenizerBase,
+        eos_token_ids: frozenset[int],
+        max_model_len: int,
+        config: GuardConfig,
+        embed: Embedder,
+        evidence: EvidenceScorer | None = None,
+        hold_until_checked: bool = True,
+    ) -> None:
+        super().__init__(request_id, prompt_ids, params, tokenizer, eos_token_ids, max_model_len)
+        self.config = config
+        self.embed = embed
+        self.evidence = evidence
+        self.hold_until_checked = hold_until_checked
+        self.tau_low = config.tau_low
+        self.tau_high = config.tau_high
+        self.report = GuardReport(mode="guard")
+        self.chain: list[ClosedSegment] = []
+        self.iterations = 0
+        self.decoded_tokens = 0
+        self.peak_buffer_bytes = 0
+        self._segment = _OpenSegment()
+        self._h_x = torch.empty(0)
+        self._chain_mean: tuple[torch.Tensor, int] = (self._h_x, 1)
+        self._first_options = Shortlist([], torch.empty(0))
+        self._next = self._first_options
+        self._proposed: tuple[list[int], torch.Tensor] = ([], torch.empty(0))
+        self._step_started = 0.0
+
+    # -- engine interface -------------------------------------------------------------------
+
+    def on_prefill(self, logits: torch.Tensor, prompt_state: torch.Tensor) -> None:
+        """Anchor h_x = mean prompt state (Eq. 4) and the first position's candidates."""
+        super().on_prefill(logits, prompt_state)
+        self._h_x = prompt_state.float()
+        self._chain_mean = (self._h_x, 1)
+        self._first_options = self._next = self._shortlist(logits)
+        self._open_segment()
+
+    def propose(self) -> list[int] | None:
+        """Top-M candidates at the next position, minus tokens banned there by refinement."""
+        if self.finished:
+            return None
+        banned = self._segment.banned.get(len(self._segment.tokens), set())
+        self._proposed = self._next.without(banned, self.config.num_candidates)
+        self._step_started = time.perf_counter()
+        return self._proposed[0]
+
+    def on_step(self, logits: torch.Tensor, hidden: torch.Tensor) -> StepDecision:
+        """Score the candidates (Eq. 5-6), keep the best (Eq. 7); close a segment at a boundary."""
+        tokens, probs = self._proposed
+        options = self._next
+        segment = self._segment
+        f = scoring.token_scores(hidden.float(), segment.mean, probs, self.config.lam)
+        chosen, passed = scoring.select_candidate(f, self.config.tau_token)
+        token = tokens[chosen]
+        self.report.low_confidence_tokens += 0 if passed else 1
+        self.decoded_tokens += 1
+        self._next = self._shortlist(logits[chosen])
+        segment.mean = scoring.update_running_mean(
+            segment.mean, segment.count, hidden[chosen].float()
+        )
+        segment.count += 1
+        ended = token in self.eos_token_ids and not self.params.ignore_eos
+        if not ended:
+            record = TokenRecord(token, hidden[chosen].float(), float(f[chosen]), options)
+            segment.tokens.append(record)
+        self._track_buffer()
+        self.report.timings.token_s += time.perf_counter() - self._step_started
+        rollback = None
+        if ended or self._at_boundary(token) or self._out_of_room():
+            rollback = self._close_segment(final=ended or self._out_of_room())
+        return StepDecision(chosen=chosen, rollback_to=rollback)
+
+    def take_output(self) -> SequenceOutput | None:
+        """Released text; the final output carries the report and counts every decoded token."""
+        output = super().take_output()
+        if output is not None and output.finish_reason is not None:
+            output.report = self.report
+            output.completion_tokens = self.decoded_tokens
+        return output
+
+    # -- segments ---------------------------------------------------------------------------
+
+    def _close_segment(self, final: bool) -> int | None:
+        """Stage 2 on the open segment; returns an output length to roll back to, if refining."""
+        started = time.perf_counter()
+        segment = self._segment
+        if not segment.tokens:
+            return self._end_chain()
+        f = torch.tensor([t.score for t in segment.tokens])
+        states = torch.stack([t.hidden for t in segment.tokens])
+        score = scoring.score_segment(
+            f, states, self._h_x, self.config.alpha, self.config.beta, self.config.gamma
+        )
+        ids = [t.token for t in segment.tokens]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        evidence = self.evidence(text) if self.evidence is not None else 1.0
+        decision = scoring.segment_decision(score.total, self.tau_low, self.tau_high)
+        self.report.timings.segment_s += time.perf_counter() - started
+        if decision == "refine" and segment.refinements < self.config.n_max:
+            return self._refine(f)
+        status = (
+            "discarded"
+            if decision != "accept"
+            else ("refined" if segment.refinements else "accepted")
+        )
+        closed = ClosedSegment(
+            token_ids=ids,
+            report=SegmentReport(
+                text=text,
+                token_score=score.token_score,
+                consistency=score.consistency,
+                alignment=score.alignment,
+                evidence=evidence,
+                total=score.total,
+                status=status,
+                refinements=segment.refinements,
+            ),
+            representation=score.representation,
+            score_norm=score.score_norm,
+            mean_embedding=self.embed(ids).mean(0),
+        )
+        self.report.segments.append(closed.report)
+        if status == "discarded":
+            self._fail("segment_discarded")
+            return None
+        self.chain.append(closed)
+        self._chain_mean = (segment.mean, segment.count)
+        if not self.hold_until_checked:
+            self._release_text(ids)
+        if final:
+            return self._end_chain()
+        self._open_segment()
+        return None
+
+    def _refine(self, f: torch.Tensor) -> int:
+        """Eq. 13: ban the weakest token at its position and regenerate from its window's start."""
+        started = time.perf_counter()
+        segment = self._segment
+        segment.refinements += 1
+        low = int(f.argmin())
+        start, _ = scoring.refinement_window(f)
+        segment.banned.setdefault(low, set()).add(segment.tokens[low].token)
+        segment.banned = {pos: ban for pos, ban in segment.banned.items() if pos >= start}
+        self._next = segment.tokens[start].options
+        del segment.tokens[start:]
+        segment.mean, segment.count = self._segment_start_mean()
+        for record in segment.tokens:
+            segment.mean = scoring.update_running_mean(segment.mean, segment.count, record.hidden)
+            segment.count += 1
+        self.report.timings.refinement_s += time.perf_counter() - started
+        return self._chain_tokens() + len(segment.tokens)
+
+    def _open_segment(self) -> None:
+        mean, count = self._segment_start_mean()
+        self._segment = _OpenSegment(mean=mean, count=count)
+
+    def _segment_start_mean(self) -> tuple[torch.Tensor, int]:
+        """Running mean of h_x and every accepted token's state, as the open segment began."""
+        return self._chain_mean
+
+    # -- chain ------------------------------------------------------------------------------
+
+    def _end_chain(self) -> int | None:
+        """Stage 3: global check (Eq. 14-18), then answer, abstain, or re-decode (rollback 0)."""
+        started = time.perf_counter()
+        if not self.chain:
+            self._fail("no_accepted_segment")
+            return None
+        f_fact, f_logic, f_global = self._global_scores()
+        check = GlobalReport(
+            f_fact=f_fact,
+            f_logic=f_logic,
+            f_global=f_global,
+            iterations=self.iterations,
+            tau_low=self.tau_low,
+            tau_high=self.tau_high,
+        )
+        self.report.global_check = check
+        self.report.timings.global_s += time.perf_counter() - started
+        both_low = f_fact < 0.5 and f_logic < 0.5
+        if f_global >= self.config.tau_global and not both_low:
+            if self.hold_until_checked:
+                for segment in self.chain:
+                    self._release_text(segment.token_ids)
+            self.finish(self._finish_reason())
+            return None
+        if self.hold_until_checked and self.iterations < self.config.m_max and not both_low:
+            return self._retry_chain(f_fact, f_logic)
+        self._fail("global_check_failed" if not both_low else "fact_and_logic_below_half")
+        return None
+
+    def _retry_chain(self, f_fact: float, f_logic: float) -> int:
+        """Re-decode the chain from the prompt under adjusted segment thresholds (Eq. 18)."""
+        self.iterations += 1
+        self.tau_low, self.tau_high = scoring.adjust_thresholds(
+            f_fact, f_logic, self.tau_low, self.tau_high, self.config.delta_tau
+        )
+        self.chain = []
+        self._chain_mean = (self._h_x, 1)
+        self._next = self._first_options
+        self._open_segment()
+        return 0
+
+    def _global_scores(self) -> tuple[float, float, float]:
+        totals = torch.tensor([s.report.total for s in self.chain])
+        norms = torch.tensor([s.score_norm for s in self.chain])
+        evidence = torch.tensor([s.report.evidence for s in self.chain])
+        f_fact = scoring.fact_score(totals, norms, evidence, self.config.fact_normalize_by_k)
+        f_logic = scoring.logic_score(
+            torch.stack([s.representation for s in self.chain]),
+            torch.stack([s.mean_embedding for s in self.chain]),
+        )
+        return f_fact, f_logic, scoring.global_score(f_fact, f_logic)
+
+    def _fail(self, reason: str) -> None:
+        """Abstain: refuse outright, or keep the accepted prefix and mark where trust ended."""
+        report = self.report
+        report.reason = reason
+        if self.config.on_failure == "truncate":
+            if self.hold_until_checked:
+                for segment in self.chain:
+                    self._release_text(segment.token_ids)
+            report.outcome = "truncated"
+            marker = self.config.truncation_marker
+            self._unsent += (" " if self.detokenizer.text else "") + marker
+        else:
+            report.outcome = "refused"
+            if self.hold_until_checked:
+                self.chain = []
+            self._unsent += ("\n" if self.detokenizer.text else "") + self.config.refusal_message
+        self.finish(self._finish_reason())
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _release_text(self, ids: list[int]) -> None:
+        for token in ids:
+            self.output_ids.append(token)
+            self._unsent += self.detokenizer.push(token)
+
+    def _finish_reason(self) -> str:
+        return "length" if self._out_of_room() else "stop"
+
+    def _shortlist(self, logits: torch.Tensor) -> Shortlist:
+        size = self.config.num_candidates + self.config.n_max + 1
+        return Shortlist.from_logits(logits, size, self.config.score_temperature)
+
+    def _chain_tokens(self) -> int:
+        return sum(len(s.token_ids) for s in self.chain)
+
+    def _at_boundary(self, token: int) -> bool:
+        if len(self._segment.tokens) >= self.config.max_segment_tokens:
+            return True
+        piece = self.tokenizer.decode([token])
+        if "\n" in piece:
+            return True
+        if self.config.segment_boundary == "line" or not piece.rstrip().endswith((".", "!", "?")):
+            return False
+        if piece.strip() in (".", "!", "?") and len(self._segment.tokens) >= 2:
+            before = self.tokenizer.decode([self._segment.tokens[-2].token])
+            return not before[-1:].isdigit()
+        return True
+
+    def _out_of_room(self) -> bool:
+        used = self._chain_tokens() + len(self._segment.tokens)
+        total = len(self.prompt_ids) + used
+        return used >= self.params.max_tokens or total >= self.max_model_len
+
+    def _track_buffer(self) -> None:
+        held = sum(t.hidden.numel() * t.hidden.element_size() for t in self._segment.tokens)
+        self.peak_buffer_bytes = max(self.peak_buffer_bytes, held)

@@ -1,0 +1,208 @@
+"""Batched forwards of a causal LM over the slot KV cache: extend (prefill) and tree step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from guard.kv_cache import SlotKVCache
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What one forward returns per batch row.
+
+    For a tree step: `logits` [B, M, V] is each candidate's next-token distribution and `hidden`
+    [B, M, d] each candidate's penultimate-layer state. For an extend (prefill): `logits` [B, V]
+    at each row's last new token and `hidden` [B, d] the mean penultimate state of its new tokens.
+    """
+
+    logits: torch.Tensor
+    hidden: torch.Tensor
+
+
+def pick_device(device: str) -> torch.device:
+    """'auto' is the first CUDA device when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """'auto' is bfloat16 on CUDA and float32 on the CPU."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+class ModelRunner:
+    """Owns one model on one device and its slot cache; prepares tensors and runs forwards only."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        *,
+        num_slots: int,
+        max_model_len: int,
+        max_candidates: int,
+    ) -> None:
+        self.model = model.eval()
+        config = model.config
+        self.device = next(model.parameters()).device
+        self.max_model_len = max_model_len
+        self.max_candidates = max_candidates
+        self.num_slots = num_slots
+        head_dim = (
+            getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        )
+        self.cache = SlotKVCache(
+            num_layers=config.num_hidden_layers,
+            num_slots=num_slots,
+            max_len=max_model_len + max_candidates,
+            kv_heads=config.num_key_value_heads,
+            head_dim=head_dim,
+            dtype=next(model.parameters()).dtype,
+            device=self.device,
+        )
+        self._penultimate = torch.empty(0)
+        layers = model.model.layers
+        layers[len(layers) - 2].register_forward_hook(self._keep_penultimate)
+
+    @classmethod
+    def load(
+        cls,
+        model_path: str | Path,
+        *,
+        num_slots: int,
+        max_model_len: int,
+        max_candidates: int,
+        device: str = "auto",
+        dtype: str = "auto",
+    ) -> ModelRunner:
+        """Load an HF model folder with sdpa attention onto the chosen device."""
+        target = pick_device(device)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_path), dtype=pick_dtype(dtype, target), attn_implementation="sdpa"
+        ).to(target)
+        return cls(
+            model, num_slots=num_slots, max_model_len=max_model_len, max_candidates=max_candidates
+        )
+
+    def _keep_penultimate(self, _module: torch.nn.Module, _inputs: object, output: object) -> None:
+        self._penultimate = output[0] if isinstance(output, tuple) else output
+
+    def length(self, slot: int) -> int:
+        """Committed tokens in a slot."""
+        return self.cache.lengths[slot]
+
+    def truncate(self, slot: int, length: int) -> None:
+        """Roll a slot back to `length` committed tokens (refinement), or to 0 to free it."""
+        if not 0 <= length <= self.cache.lengths[slot]:
+            raise ValueError(f"cannot truncate slot {slot} to {length}")
+        self.cache.lengths[slot] = length
+
+    def embed(self, token_ids: list[int]) -> torch.Tensor:
+        """Input embeddings [n, d] of token ids, as float32."""
+        ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            return self.model.get_input_embeddings()(ids).float()
+
+    @torch.inference_mode()
+    def extend(self, slots: list[int], tokens: list[list[int]]) -> StepOutput:
+        """Append each row's tokens to its slot (causal among themselves) and commit them all."""
+        counts = [len(t) for t in tokens]
+        width = max(counts)
+        starts = [self.cache.lengths[s] for s in slots]
+        if any(start + n > self.max_model_len for start, n in zip(starts, counts, strict=True)):
+            raise ValueError("sequence longer than max_model_len")
+        offsets = torch.arange(width, device=self.device)
+        valid = offsets[None, :] < torch.tensor(counts, device=self.device)[:, None]
+        causal = torch.tril(torch.ones(width, width, dtype=torch.bool, device=self.device))
+        relation = causal[None] & valid[:, None, :]
+        out = self._forward(
+            slots, tokens, starts, offsets[None, :].expand(len(slots), -1), relation
+        )
+        for slot, n in zip(slots, counts, strict=True):
+            self.cache.lengths[slot] += n
+        last = torch.tensor([n - 1 for n in counts], device=self.device)
+        rows = torch.arange(len(slots), device=self.device)
+        hidden = (out.hidden * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)
+        return StepOutput(logits=self._logits(out.logits[rows, last]), hidden=hidden)
+
+    @torch.inference_mode()
+    def tree_step(self, slots: list[int], candidates: list[list[int]]) -> StepOutput:
+        """Evaluate each row's candidate tokens side by side at the slot's next position.
+
+        Candidate i sees the committed prefix and itself only. Nothing is committed: call
+        `commit()` with the chosen candidate of each row afterwards.
+        """
+        width = max(len(c) for c in candidates)
+        if width > self.max_candidates:
+            raise ValueError(f"at most {self.max_candidates} candidates per step")
+        starts = [self.cache.lengths[s] for s in slots]
+        if any(start >= self.max_model_len for start in starts):
+            raise ValueError("sequence longer than max_model_len")
+        eye = torch.eye(width, dtype=torch.bool, device=self.device)
+        positions = torch.zeros(len(slots), width, dtype=torch.long, device=self.device)
+        out = self._forward(
+            slots, candidates, starts, positions, eye[None].expand(len(slots), -1, -1)
+        )
+        return StepOutput(logits=self._logits(out.logits), hidden=out.hidden)
+
+    def commit(self, slots: list[int], chosen: list[int]) -> None:
+        """Keep candidate `chosen[i]` of the last tree step as slot i's next token."""
+        starts = torch.tensor([self.cache.lengths[s] for s in slots], device=self.device)
+        picks = torch.tensor(chosen, device=self.device)
+        moving = picks != 0
+        if bool(moving.any()):
+            index = torch.tensor(slots, device=self.device)[moving]
+            self.cache.move(index, (starts + picks)[moving], starts[moving])
+        for slot in slots:
+            self.cache.lengths[slot] += 1
+
+    def _forward(
+        self,
+        slots: list[int],
+        tokens: list[list[int]],
+        starts: list[int],
+        relative_positions: torch.Tensor,
+        relation: torch.Tensor,
+    ) -> StepOutput:
+        """One forward. `relation[b, q, k]`: new token q of row b may attend new token k."""
+        batch, width = relation.shape[0], relation.shape[1]
+        counts = torch.tensor([len(t) for t in tokens], device=self.device)
+        start = torch.tensor(starts, device=self.device)
+        ids = torch.zeros(batch, width, dtype=torch.long, device=self.device)
+        for row, row_tokens in enumerate(tokens):
+            ids[row, : len(row_tokens)] = torch.tensor(row_tokens, device=self.device)
+        offsets = torch.arange(width, device=self.device)
+        is_real = offsets[None, :] < counts[:, None]
+        write = torch.where(is_real, start[:, None] + offsets[None, :], self.cache.scratch_position)
+        kv_len = int((start + counts).max())
+        # Key position p holds new token p - start (if any): look its relation up per query.
+        new_index = torch.arange(kv_len, device=self.device)[None, :] - start[:, None]
+        is_new = (new_index >= 0) & (new_index < counts[:, None])
+        lookup = new_index.clamp(0, width - 1)[:, None, :].expand(batch, width, kv_len)
+        mask = relation.gather(2, lookup) & is_new[:, None, :]
+        mask |= torch.arange(kv_len, device=self.device)[None, None, :] < start[:, None, None]
+        mask[:, :, 0] |= ~is_real
+        self.cache.plan(torch.tensor(slots, device=self.device), write, kv_len)
+        base = self.model.model(
+            input_ids=ids,
+            attention_mask=mask[:, None],
+            position_ids=start[:, None] + relative_positions,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        return StepOutput(logits=base.last_hidden_state, hidden=self._penultimate.float())
+
+    def _logits(self, last_hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(last_hidden).float()
+
+
+def load_tokenizer(model_path: str | Path) -> AutoTokenizer:
+    """The tokenizer saved with a model folder."""
+    return AutoTokenizer.from_pretrained(str(model_path))

@@ -1,0 +1,58 @@
+"""The `guard` report returned beside `choices`: segments, global scores, outcome and timings."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SegmentStatus = Literal["accepted", "refined", "discarded"]
+Outcome = Literal["answered", "truncated", "refused"]
+
+
+class SegmentReport(BaseModel):
+    """Scores and fate of one candidate segment (Eq. 8-12)."""
+
+    text: str
+    token_score: float
+    consistency: float
+    alignment: float
+    evidence: float = 1.0
+    total: float
+    status: SegmentStatus
+    refinements: int = 0
+
+
+class GlobalReport(BaseModel):
+    """Chain-level check (Eq. 14-18)."""
+
+    f_fact: float
+    f_logic: float
+    f_global: float
+    iterations: int
+    tau_low: float
+    tau_high: float
+
+
+class StageTimings(BaseModel):
+    """Wall time spent per stage, in seconds."""
+
+    token_s: float = 0.0
+    segment_s: float = 0.0
+    refinement_s: float = 0.0
+    global_s: float = 0.0
+
+
+class GuardReport(BaseModel):
+    """Everything guarded generation decided for one choice."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    mode: Literal["guard", "verify"] = "guard"
+    outcome: Outcome = "answered"
+    reason: str | None = None
+    segments: list[SegmentReport] = Field(default_factory=list)
+    global_check: GlobalReport | None = Field(default=None, alias="global")
+    timings: StageTimings = Field(default_factory=StageTimings)
+    chains: int = 1
+    low_confidence_tokens: int = 0

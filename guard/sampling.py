@@ -1,0 +1,55 @@
+"""Sampling parameters and the pure tensor math that turns next-token logits into tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one sequence draws its tokens (OpenAI/vLLM semantics; temperature 0 is greedy)."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = field(default_factory=tuple)
+    ignore_eos: bool = False
+
+
+def filtered_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Temperature-scaled logits with top-k and top-p (nucleus) filtering applied."""
+    scaled = logits.float() / max(params.temperature, 1e-5)
+    if 0 < params.top_k < scaled.shape[-1]:
+        kth = torch.topk(scaled, params.top_k, dim=-1).values[..., -1:]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(scaled, descending=True, dim=-1)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop_sorted = cumulative - torch.softmax(sorted_logits, dim=-1) >= params.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        scaled = scaled.masked_fill(drop, float("-inf"))
+    return scaled
+
+
+def sample_token(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> int:
+    """Draw one token id from a [vocab] logits row."""
+    if params.temperature == 0.0:
+        return int(torch.argmax(logits).item())
+    probs = torch.softmax(filtered_logits(logits, params), dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+def top_candidates(
+    logits: torch.Tensor, count: int, banned: set[int] | frozenset[int] = frozenset()
+) -> torch.Tensor:
+    """The `count` most likely token ids of a [vocab] logits row, skipping banned ids."""
+    if banned:
+        logits = logits.clone()
+        logits[list(banned)] = float("-inf")
+    return torch.topk(logits, count).indices

@@ -1,0 +1,126 @@
+"""One request's decoding state in the torch engine: a plain sampled sequence."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from guard.detokenizer import IncrementalDetokenizer
+from guard.sampling import SamplingParams, sample_token
+
+FinishReason = Literal["stop", "length"]
+
+
+class Status(enum.Enum):
+    """Where a sequence is in its life."""
+
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class StepDecision:
+    """What a sequence keeps from a tree step: the chosen candidate and an optional rollback.
+
+    `rollback_to` is the number of output tokens to keep after committing (refinement).
+    """
+
+    chosen: int
+    rollback_to: int | None = None
+
+
+@dataclass
+class SequenceOutput:
+    """Output produced since the last time the consumer looked."""
+
+    text: str
+    completion_tokens: int
+    finish_reason: FinishReason | None
+    report: object | None = None
+
+
+class Sequence:
+    """A plain request: samples one token per step and feeds it as a single candidate."""
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        tokenizer: PreTrainedTokenizerBase,
+        eos_token_ids: frozenset[int],
+        max_model_len: int,
+    ) -> None:
+        self.request_id = request_id
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.eos_token_ids = eos_token_ids
+        self.max_model_len = max_model_len
+        self.status = Status.WAITING
+        self.slot = -1
+        self.output_ids: list[int] = []
+        self.finish_reason: FinishReason | None = None
+        self.detokenizer = IncrementalDetokenizer(tokenizer, params.stop)
+        self.tokenizer = tokenizer
+        self.generator = torch.Generator()
+        if params.seed is not None:
+            self.generator.manual_seed(params.seed)
+        else:
+            self.generator.seed()
+        self._next_logits = torch.empty(0)
+        self._unsent = ""
+
+    @property
+    def finished(self) -> bool:
+        """Whether generation has ended."""
+        return self.status is Status.FINISHED
+
+    def on_prefill(self, logits: torch.Tensor, prompt_state: torch.Tensor) -> None:
+        """Receive the next-token logits after the prompt and the prompt's mean hidden state."""
+        self._next_logits = logits
+        self.status = Status.RUNNING
+
+    def propose(self) -> list[int] | None:
+        """Candidates for the next forward, or None once the sequence has finished."""
+        token = sample_token(self._next_logits, self.params, self.generator)
+        self._accept(token)
+        return None if self.finished else [token]
+
+    def on_step(self, logits: torch.Tensor, hidden: torch.Tensor) -> StepDecision:
+        """Receive the candidates' next-token logits [M, V] and states [M, d]; choose one."""
+        self._next_logits = logits[0]
+        return StepDecision(chosen=0)
+
+    def take_output(self) -> SequenceOutput | None:
+        """Text and status produced since the last call (None if there is nothing new)."""
+        if not self._unsent and not self.finished:
+            return None
+        text, self._unsent = self._unsent, ""
+        return SequenceOutput(text, len(self.output_ids), self.finish_reason)
+
+    def finish(self, reason: FinishReason) -> None:
+        """End generation, releasing any held-back text."""
+        self._unsent += self.detokenizer.flush()
+        self.finish_reason = reason
+        self.status = Status.FINISHED
+
+    def _accept(self, token: int) -> None:
+        """Append a token to the output and end the sequence where a stop condition holds."""
+        if token in self.eos_token_ids and not self.params.ignore_eos:
+            self.finish("stop")
+            return
+        self.output_ids.append(token)
+        self._unsent += self.detokenizer.push(token)
+        if self.detokenizer.stopped:
+            self.finish("stop")
+        elif self._at_length_limit():
+            self.finish("length")
+
+    def _at_length_limit(self) -> bool:
+        total = len(self.prompt_ids) + len(self.output_ids)
+        return len(self.output_ids) >= self.params.max_tokens or total >= self.max_model_len

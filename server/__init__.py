@@ -1,0 +1,1 @@
+"""guardserve HTTP layer: OpenAI-compatible routes, engines, scheduling and metrics."""

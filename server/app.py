@@ -1,0 +1,169 @@
+"""The FastAPI app: thin routes over ChatService, auth, readiness, admission, /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from guard.config import GuardConfig
+from server.config import ServerConfig
+from server.engine_factory import Engines, build_engines
+from server.engines.base import EngineError
+from server.errors import APIError, install_error_handlers, overloaded, unauthorized, unavailable
+from server.model_store import DEFAULT_MODEL, resolve_model
+from server.protocol import ChatCompletionRequest, ModelCard, ModelList
+from server.serving import ChatService
+
+logger = logging.getLogger(__name__)
+
+EngineBuilder = Callable[[Path, ServerConfig], Engines]
+
+
+class ServerState:
+    """What the routes share: the service once loaded, and admission bookkeeping."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.service: ChatService | None = None
+        self.engines: Engines | None = None
+        self.load_error: str | None = None
+        self.model_path: Path | None = None
+        self.names = config.served_model_name or [_default_name(config.model)]
+        self.in_flight = 0
+        self.created = int(time.time())
+
+    @property
+    def capacity(self) -> int:
+        """Requests admitted at once: the running slots plus the waiting queue."""
+        return self.config.max_num_seqs + self.config.max_queue
+
+
+def _default_name(model: str | None) -> str:
+    return DEFAULT_MODEL if model is None else Path(model).name.removesuffix(".gguf")
+
+
+async def _load(state: ServerState, builder: EngineBuilder) -> None:
+    config = state.config
+    try:
+        state.model_path = await asyncio.to_thread(resolve_model, config.model, config.cache_dir)
+        state.engines = await asyncio.to_thread(builder, state.model_path, config)
+    except Exception as exc:
+        logger.exception("model load failed")
+        state.load_error = f"{type(exc).__name__}: {exc}"
+        return
+    state.service = ChatService(
+        tokenizer=state.engines.tokenizer,
+        plain_engine=state.engines.plain,
+        guard_engine=state.engines.guard,
+        served_model_names=state.names,
+        max_model_len=config.max_model_len,
+        guard_default=GuardConfig(enabled=config.guard_default == "on"),
+    )
+    logger.info("ready: serving %s from %s", state.names, state.model_path)
+
+
+def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> FastAPI:
+    """Build the app; the model loads in the background and /ready turns 200 when it is up."""
+    state = ServerState(config)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(_load(state, builder))
+        yield
+        await loading
+        if state.engines is not None:
+            await state.engines.plain.shutdown()
+            if state.engines.guard is not state.engines.plain:
+                await state.engines.guard.shutdown()
+
+    app = FastAPI(title="guardserve", version="0.1.0", lifespan=lifespan)
+    app.state.server = state
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def authenticate(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        key = config.api_key
+        if key and request.url.path.startswith("/v1/"):
+            given = request.headers.get("authorization", "")
+            if not secrets.compare_digest(given.encode(), f"Bearer {key}".encode()):
+                return unauthorized().response()
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """Liveness: the process is up."""
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """Readiness: 200 once the model is loaded."""
+        if state.service is None:
+            status = "failed" if state.load_error else "loading"
+            return JSONResponse({"status": status, "error": state.load_error}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        """Prometheus text exposition (guardserve_* and, with vLLM, vllm:*)."""
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models() -> ModelList:
+        """The served model names."""
+        cards = [
+            ModelCard(
+                id=name,
+                created=state.created,
+                root=str(state.model_path or config.model or DEFAULT_MODEL),
+                max_model_len=config.max_model_len,
+            )
+            for name in state.names
+        ]
+        return ModelList(data=cards)
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(
+        body: ChatCompletionRequest, request: Request
+    ) -> JSONResponse | StreamingResponse:
+        """OpenAI chat completions, plain or guarded, streaming or not."""
+        service = state.service
+        if service is None:
+            raise unavailable("The model is still loading.")
+        prepared = service.prepare(body, request.headers.get("x-guard"))
+        if state.in_flight >= state.capacity:
+            raise overloaded(retry_after_s=1)
+        if body.stream:
+            return StreamingResponse(
+                _admitted(state, service.stream(prepared)), media_type="text/event-stream"
+            )
+        state.in_flight += 1
+        try:
+            completion = await service.complete(prepared)
+        except EngineError as exc:
+            raise APIError(500, str(exc), type="server_error", code="engine_error") from exc
+        finally:
+            state.in_flight -= 1
+        return JSONResponse(completion.model_dump(exclude_none=True, by_alias=True))
+
+    return app
+
+
+async def _admitted(state: ServerState, events: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Count a streaming request as in flight for as long as its events flow."""
+    state.in_flight += 1
+    try:
+        async for event in events:
+            yield event
+    finally:
+        state.in_flight -= 1

@@ -1,0 +1,68 @@
+"""The `guardserve` command line: `serve` (more subcommands register themselves here)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from server.config import ServerConfig
+
+
+def add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    """Flags of `guardserve serve`, named as in `vllm serve` where the meaning is the same."""
+    serve = commands.add_parser("serve", help="Start the OpenAI-compatible server.")
+    serve.add_argument("--model", default=None, help="HF folder or .gguf (default: embedded).")
+    serve.add_argument("--served-model-name", nargs="+", default=None)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", default=os.environ.get("GUARDSERVE_API_KEY"))
+    serve.add_argument("--max-model-len", type=int, default=2048)
+    serve.add_argument("--max-num-seqs", type=int, default=16)
+    serve.add_argument("--max-queue", type=int, default=256)
+    serve.add_argument("--tensor-parallel-size", type=int, default=1)
+    serve.add_argument("--data-parallel-size", type=int, default=1)
+    serve.add_argument("--gpu-memory-utilization", type=float, default=0.3)
+    serve.add_argument("--plain-engine", choices=["vllm", "torch", "auto"], default="auto")
+    serve.add_argument("--guard-default", choices=["on", "off"], default="off")
+    serve.add_argument("--device", default="auto")
+    serve.add_argument("--dtype", default="auto")
+    serve.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false")
+    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--cache-dir", default=None)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(handler=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Load the model and serve until interrupted."""
+    import uvicorn
+
+    from server.app import create_app
+
+    fields = ServerConfig.model_fields
+    config = ServerConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=args.log_level)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="guardserve")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_serve_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `guardserve` console script."""
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Server settings, filled from `guardserve serve` flags (names mirror `vllm serve`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class ServerConfig(BaseModel):
+    """Everything `guardserve serve` can be told."""
+
+    model: str | None = Field(None, description="HF folder or .gguf; default: the embedded model.")
+    served_model_name: list[str] | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: str | None = None
+    max_model_len: int = Field(2048, ge=16)
+    max_num_seqs: int = Field(16, ge=1, le=1024)
+    max_queue: int = Field(256, ge=0, description="Requests allowed to wait beyond max_num_seqs.")
+    tensor_parallel_size: int = Field(1, ge=1)
+    data_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
+    plain_engine: Literal["vllm", "torch", "auto"] = "auto"
+    guard_default: Literal["on", "off"] = "off"
+    device: str = Field("auto", description="Torch runner device: auto, cpu, cuda:N.")
+    dtype: str = Field("auto", description="Torch runner dtype: auto, float32, bfloat16.")
+    enforce_eager: bool = True
+    seed: int = 0
+    cache_dir: str | None = None

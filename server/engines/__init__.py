@@ -1,0 +1,1 @@
+"""Engines behind one async interface: vLLM for plain requests, the torch runner for all."""

@@ -1,0 +1,143 @@
+"""Async front of the torch engine: a worker thread runs `LLMEngine.step()` in a loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from guard.config import GuardConfig
+from guard.engine import LLMEngine
+from guard.guarded_sequence import GuardedSequence
+from guard.model_runner import ModelRunner
+from guard.sampling import SamplingParams
+from guard.sequence import Sequence, SequenceOutput
+from server import metrics
+from server.engines.base import EngineError, GenerationChunk
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Submit:
+    seq: Sequence
+    sink: asyncio.Queue[SequenceOutput | EngineError]
+    loop: asyncio.AbstractEventLoop
+
+
+@dataclass(frozen=True)
+class _Abort:
+    request_id: str
+
+
+class TorchEngine:
+    """Continuous batching over one `ModelRunner`; serves plain and guarded sequences."""
+
+    name = "torch"
+
+    def __init__(
+        self, runner: ModelRunner, tokenizer: PreTrainedTokenizerBase, eos_token_ids: frozenset[int]
+    ) -> None:
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.eos_token_ids = eos_token_ids
+        self.core = LLMEngine(runner)
+        self._inbox: queue.SimpleQueue[_Submit | _Abort | None] = queue.SimpleQueue()
+        self._sinks: dict[str, _Submit] = {}
+        self._thread = threading.Thread(target=self._loop, name="torch-engine", daemon=True)
+        self._thread.start()
+
+    def pending(self) -> tuple[int, int]:
+        """Requests (running, waiting) right now."""
+        return len(self.core.scheduler.running), len(self.core.scheduler.waiting)
+
+    async def generate(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        guard: GuardConfig | None = None,
+    ) -> AsyncIterator[GenerationChunk]:
+        """Stream a sequence's output; leaving early aborts it and frees its slot."""
+        seq = self._make_sequence(request_id, prompt_ids, params, guard)
+        sink: asyncio.Queue[SequenceOutput | EngineError] = asyncio.Queue()
+        self._inbox.put(_Submit(seq, sink, asyncio.get_running_loop()))
+        finished = False
+        try:
+            while not finished:
+                item = await sink.get()
+                if isinstance(item, EngineError):
+                    raise item
+                finished = item.finish_reason is not None
+                yield GenerationChunk(
+                    item.text, item.completion_tokens, item.finish_reason, item.report
+                )
+        finally:
+            if not finished:
+                self._inbox.put(_Abort(request_id))
+
+    async def shutdown(self) -> None:
+        """Stop the worker thread."""
+        self._inbox.put(None)
+        await asyncio.to_thread(self._thread.join, 10)
+
+    def _make_sequence(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        guard: GuardConfig | None,
+    ) -> Sequence:
+        args = (request_id, prompt_ids, params, self.tokenizer, self.eos_token_ids)
+        if guard is not None and guard.enabled and guard.mode == "guard":
+            return GuardedSequence(*args, self.runner.max_model_len, guard, self.runner.embed)
+        return Sequence(*args, self.runner.max_model_len)
+
+    def _loop(self) -> None:
+        while True:
+            block = not self.core.has_work()
+            try:
+                while True:
+                    message = self._inbox.get(block=block)
+                    block = False
+                    if message is None:
+                        return
+                    self._handle(message)
+            except queue.Empty:
+                pass
+            if self.core.has_work():
+                self._step()
+
+    def _handle(self, message: _Submit | _Abort) -> None:
+        if isinstance(message, _Abort):
+            self._sinks.pop(message.request_id, None)
+            self.core.abort(message.request_id)
+            return
+        self._sinks[message.seq.request_id] = message
+        self.core.add(message.seq)
+
+    def _step(self) -> None:
+        try:
+            result = self.core.step()
+        except Exception:  # the loop must survive anything a step throws
+            logger.exception("engine step failed")
+            return
+        if result.batch_size:
+            metrics.BATCH_SIZE.labels(self.name).observe(result.batch_size)
+        running, waiting = self.pending()
+        metrics.REQUESTS_RUNNING.labels(self.name).set(running)
+        metrics.REQUESTS_WAITING.labels(self.name).set(waiting)
+        for request_id, output in result.outputs.items():
+            self._deliver(request_id, output, done=output.finish_reason is not None)
+        for request_id, message in result.failed.items():
+            self._deliver(request_id, EngineError(message), done=True)
+
+    def _deliver(self, request_id: str, item: SequenceOutput | EngineError, done: bool) -> None:
+        submit = self._sinks.pop(request_id, None) if done else self._sinks.get(request_id)
+        if submit is not None:
+            submit.loop.call_soon_threadsafe(submit.sink.put_nowait, item)

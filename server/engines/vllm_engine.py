@@ -1,0 +1,108 @@
+"""Plain requests on vLLM's AsyncLLM, embedded in the server process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from guard.config import GuardConfig
+from guard.sampling import SamplingParams
+from server.engines.base import EngineError, GenerationChunk
+
+if TYPE_CHECKING:
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+
+class VllmEngine:
+    """Continuous batching, tensor and data parallelism by vLLM; token-id prompts in, deltas out."""
+
+    name = "vllm"
+
+    def __init__(self, llm: AsyncLLM) -> None:
+        self.llm = llm
+        self._running = 0
+
+    @classmethod
+    def start(
+        cls,
+        model_path: str,
+        *,
+        max_model_len: int,
+        max_num_seqs: int,
+        tensor_parallel_size: int,
+        data_parallel_size: int,
+        gpu_memory_utilization: float,
+        enforce_eager: bool,
+        seed: int,
+    ) -> VllmEngine:
+        """Build the AsyncLLM (engine core in a child process)."""
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(
+            model=model_path,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            tensor_parallel_size=tensor_parallel_size,
+            data_parallel_size=data_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=enforce_eager,
+            seed=seed,
+            disable_log_stats=False,
+        )
+        return cls(AsyncLLM.from_engine_args(args))
+
+    def pending(self) -> tuple[int, int]:
+        """Requests in flight (vLLM's own gauges split running and waiting)."""
+        return self._running, 0
+
+    async def generate(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        guard: GuardConfig | None = None,
+    ) -> AsyncIterator[GenerationChunk]:
+        """Stream deltas; closing the iterator early aborts the request inside vLLM."""
+        from vllm import SamplingParams as VllmSamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        sampling = VllmSamplingParams(
+            n=1,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k if params.top_k > 0 else 0,
+            seed=params.seed,
+            max_tokens=params.max_tokens,
+            stop=list(params.stop) or None,
+            ignore_eos=params.ignore_eos,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        produced = 0
+        finished = False
+        self._running += 1
+        try:
+            stream = self.llm.generate(
+                TokensPrompt(prompt_token_ids=prompt_ids), sampling, request_id
+            )
+            async for output in stream:
+                completion = output.outputs[0]
+                produced += len(completion.token_ids)
+                reason = completion.finish_reason
+                finished = output.finished
+                yield GenerationChunk(
+                    completion.text,
+                    produced,
+                    ("length" if reason == "length" else "stop") if finished else None,
+                )
+        except Exception as exc:
+            raise EngineError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self._running -= 1
+            if not finished:
+                await self.llm.abort(request_id)
+
+    async def shutdown(self) -> None:
+        """Stop the engine core process."""
+        self.llm.shutdown()

