@@ -145,8 +145,9 @@ class ChatService:
 
     def _generations(self, prepared: Prepared, rid: str) -> list[AsyncIterator[GenerationChunk]]:
         engine = self._engine(prepared)
+        stream = prepared.request.stream
         return [
-            engine.generate(f"{rid}-{i}", prepared.prompt_ids, params, prepared.guard)
+            engine.generate(f"{rid}-{i}", prepared.prompt_ids, params, prepared.guard, stream)
             for i, params in enumerate(prepared.params)
         ]
 

@@ -36,8 +36,13 @@ class Engine(Protocol):
         prompt_ids: list[int],
         params: SamplingParams,
         guard: GuardConfig | None = None,
+        stream: bool = False,
     ) -> AsyncIterator[GenerationChunk]:
-        """Stream chunks until the generation finishes; closing the iterator aborts it."""
+        """Stream chunks until the generation finishes; closing the iterator aborts it.
+
+        `stream` tells guarded generation that the client reads text as it comes, so accepted
+        segments are released at once instead of after the global check.
+        """
         ...
 
     def pending(self) -> tuple[int, int]:

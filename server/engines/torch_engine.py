@@ -62,9 +62,10 @@ class TorchEngine:
         prompt_ids: list[int],
         params: SamplingParams,
         guard: GuardConfig | None = None,
+        stream: bool = False,
     ) -> AsyncIterator[GenerationChunk]:
         """Stream a sequence's output; leaving early aborts it and frees its slot."""
-        seq = self._make_sequence(request_id, prompt_ids, params, guard)
+        seq = self._make_sequence(request_id, prompt_ids, params, guard, stream)
         sink: asyncio.Queue[SequenceOutput | EngineError] = asyncio.Queue()
         self._inbox.put(_Submit(seq, sink, asyncio.get_running_loop()))
         finished = False
@@ -92,10 +93,17 @@ class TorchEngine:
         prompt_ids: list[int],
         params: SamplingParams,
         guard: GuardConfig | None,
+        stream: bool,
     ) -> Sequence:
         args = (request_id, prompt_ids, params, self.tokenizer, self.eos_token_ids)
-        if guard is not None and guard.enabled and guard.mode == "guard":
-            return GuardedSequence(*args, self.runner.max_model_len, guard, self.runner.embed)
+        if guard is not None and guard.mode == "guard":
+            return GuardedSequence(
+                *args,
+                self.runner.max_model_len,
+                guard,
+                self.runner.embed,
+                hold_until_checked=not stream,
+            )
         return Sequence(*args, self.runner.max_model_len)
 
     def _loop(self) -> None:

@@ -62,6 +62,7 @@ class VllmEngine:
         prompt_ids: list[int],
         params: SamplingParams,
         guard: GuardConfig | None = None,
+        stream: bool = False,
     ) -> AsyncIterator[GenerationChunk]:
         """Stream deltas; closing the iterator early aborts the request inside vLLM."""
         from vllm import SamplingParams as VllmSamplingParams

@@ -1,0 +1,159 @@
+"""Serving benchmark: concurrent streaming requests per engine and mode; tokens/s and latency.
+
+Starts each server itself on 127.0.0.1 (or measures --base-url) and prints one table with
+plain and guarded rows side by side. Not a test: run it by hand and read the figures.
+
+    python benchmarks/serving.py --engines torch vllm --concurrency 1 8 32 --modes plain guard
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from openai import AsyncOpenAI
+
+from server.launcher import serve
+from server.model_store import DEFAULT_MODEL
+
+PROMPTS = [
+    "Context: Acme reported revenue of $12.4 billion in 2024. Jane Park is the CEO.\n"
+    "Question: Who leads Acme and how much revenue did it report?",
+    "Explain in a few sentences why the sky is blue.",
+    "Context: The Amazon river flows through Brazil, Peru and Colombia.\n"
+    "Question: Which countries does the Amazon flow through?",
+    "Write three short tips for staying focused while studying.",
+]
+
+
+@dataclass(frozen=True)
+class Row:
+    """Figures of one (engine, mode, concurrency) cell."""
+
+    engine: str
+    mode: str
+    concurrency: int
+    requests: int
+    tokens: int
+    wall_s: float
+    tokens_per_s: float
+    ttft_p50_s: float
+    latency_p50_s: float
+    latency_p95_s: float
+
+
+async def one_request(
+    client: AsyncOpenAI, prompt: str, max_tokens: int, guarded: bool
+) -> tuple[float, float, int]:
+    """Stream one request; return (ttft, latency, completion tokens)."""
+    start = time.perf_counter()
+    first = 0.0
+    tokens = 0
+    stream = await client.chat.completions.create(
+        model=DEFAULT_MODEL,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"guard": {"enabled": guarded}},
+    )
+    async for chunk in stream:
+        if not first and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter() - start
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+    latency = time.perf_counter() - start
+    return first or latency, latency, tokens
+
+
+async def measure(
+    base_url: str, engine: str, mode: str, concurrency: int, rounds: int, max_tokens: int
+) -> Row:
+    """Run `rounds` waves of `concurrency` simultaneous requests."""
+    client = AsyncOpenAI(base_url=base_url, api_key="unused", timeout=600)
+    results: list[tuple[float, float, int]] = []
+    start = time.perf_counter()
+    for wave in range(rounds):
+        batch = [
+            one_request(client, PROMPTS[(wave + i) % len(PROMPTS)], max_tokens, mode == "guard")
+            for i in range(concurrency)
+        ]
+        results += await asyncio.gather(*batch)
+    wall = time.perf_counter() - start
+    await client.close()
+    latencies = sorted(r[1] for r in results)
+    tokens = sum(r[2] for r in results)
+    return Row(
+        engine=engine,
+        mode=mode,
+        concurrency=concurrency,
+        requests=len(results),
+        tokens=tokens,
+        wall_s=round(wall, 2),
+        tokens_per_s=round(tokens / wall, 1),
+        ttft_p50_s=round(statistics.median(r[0] for r in results), 3),
+        latency_p50_s=round(statistics.median(latencies), 3),
+        latency_p95_s=round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 3),
+    )
+
+
+def run_engine(args: argparse.Namespace, engine: str) -> list[Row]:
+    """Start a server with this plain engine and measure every mode and concurrency on it."""
+    rows: list[Row] = []
+    modes = args.modes if engine == "torch" else ["plain"]
+    flags = ["--plain-engine", engine, "--max-num-seqs", str(max(args.concurrency))]
+    log = Path(args.out).with_suffix(f".{engine}.log")
+    with serve(flags, log) as server:
+        for concurrency in args.concurrency:
+            for mode in modes:
+                rounds = max(1, args.requests // concurrency)
+                row = asyncio.run(
+                    measure(
+                        server.openai_base_url, engine, mode, concurrency, rounds, args.max_tokens
+                    )
+                )
+                print(json.dumps(asdict(row)), flush=True)
+                rows.append(row)
+    return rows
+
+
+def print_table(rows: list[Row]) -> None:
+    """Side-by-side table, with guarded/plain throughput ratios on the torch engine."""
+    header = f"{'engine':6} {'mode':5} {'conc':>4} {'req':>4} {'tok/s':>7} {'ttft50':>7}"
+    print(f"\n{header} {'lat50':>7} {'lat95':>7}")
+    for r in rows:
+        print(
+            f"{r.engine:6} {r.mode:5} {r.concurrency:>4} {r.requests:>4} {r.tokens_per_s:>7}"
+            f" {r.ttft_p50_s:>7} {r.latency_p50_s:>7} {r.latency_p95_s:>7}"
+        )
+    plain = {r.concurrency: r for r in rows if r.engine == "torch" and r.mode == "plain"}
+    for r in rows:
+        if r.mode == "guard" and r.concurrency in plain:
+            ratio = r.tokens_per_s / plain[r.concurrency].tokens_per_s
+            print(f"guarded/plain tokens/s on torch at concurrency {r.concurrency}: {ratio:.2f}")
+
+
+def main() -> None:
+    """Parse flags, run the engines, write JSON and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engines", nargs="+", default=["torch", "vllm"])
+    parser.add_argument("--modes", nargs="+", default=["plain", "guard"])
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=32, help="Requests per cell (at least).")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--out", default="runs/bench/serving.json")
+    args = parser.parse_args()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    rows = [row for engine in args.engines for row in run_engine(args, engine)]
+    Path(args.out).write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()

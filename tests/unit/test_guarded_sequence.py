@@ -1,0 +1,186 @@
+"""Token-Guard's state machine on the batched tree step of a tiny random model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+from guard.config import GuardConfig
+from guard.engine import LLMEngine
+from guard.guarded_sequence import GuardedSequence
+from guard.model_runner import ModelRunner
+from guard.sampling import SamplingParams
+from guard.sequence import Sequence, SequenceOutput
+
+PROMPT = [5, 9, 14, 3, 22, 40]
+EOS = frozenset({0})
+
+
+def make_engine(model: LlamaForCausalLM, slots: int = 4) -> LLMEngine:
+    runner = ModelRunner(model, num_slots=slots, max_model_len=256, max_candidates=8)
+    return LLMEngine(runner)
+
+
+def guarded(
+    engine: LLMEngine,
+    tokenizer: PreTrainedTokenizerFast,
+    request_id: str,
+    max_tokens: int = 24,
+    hold: bool = True,
+    **overrides: object,
+) -> GuardedSequence:
+    config = GuardConfig.model_validate({"enabled": True, "max_segment_tokens": 6, **overrides})
+    return GuardedSequence(
+        request_id,
+        PROMPT,
+        SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True),
+        tokenizer,
+        EOS,
+        engine.runner.max_model_len,
+        config,
+        engine.runner.embed,
+        hold_until_checked=hold,
+    )
+
+
+def run(engine: LLMEngine, seqs: list[Sequence]) -> dict[str, list[SequenceOutput]]:
+    for seq in seqs:
+        engine.add(seq)
+    outputs: dict[str, list[SequenceOutput]] = {s.request_id: [] for s in seqs}
+    for _ in range(2000):
+        if not engine.has_work():
+            break
+        result = engine.step()
+        assert not result.failed
+        for request_id, output in result.outputs.items():
+            outputs[request_id].append(output)
+    assert not engine.has_work()
+    return outputs
+
+
+def text_of(outputs: list[SequenceOutput]) -> str:
+    return "".join(o.text for o in outputs)
+
+
+def test_guarded_answer_has_a_report_of_accepted_segments(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    engine = make_engine(tiny_llama)
+    seq = guarded(engine, tiny_tokenizer, "a", tau_low=0.0, tau_high=0.0, tau_global=0.0)
+    outputs = run(engine, [seq])["a"]
+    report = outputs[-1].report
+    assert report is not None and report.outcome == "answered"
+    assert report.segments and all(s.status == "accepted" for s in report.segments)
+    assert text_of(outputs) == tiny_tokenizer.decode(seq.output_ids)
+    assert "".join(s.text for s in report.segments).replace(" ", "") == text_of(outputs).replace(
+        " ", ""
+    )
+    assert outputs[-1].completion_tokens == seq.decoded_tokens == 24
+
+
+def test_refinement_rolls_back_and_ends_in_discard_after_n_max(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    engine = make_engine(tiny_llama)
+    seq = guarded(
+        engine, tiny_tokenizer, "r", tau_low=0.0, tau_high=1.0, n_max=2, on_failure="truncate"
+    )
+    outputs = run(engine, [seq])["r"]
+    report = outputs[-1].report
+    assert report is not None
+    assert report.outcome == "truncated" and report.reason == "segment_discarded"
+    assert report.segments[-1].status == "discarded" and report.segments[-1].refinements == 2
+    assert text_of(outputs) == "Unsure from here"
+    assert report.timings.refinement_s > 0
+    assert engine.runner.cache.lengths == [0, 0, 0, 0]
+
+
+def test_global_failure_refuses(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    engine = make_engine(tiny_llama)
+    seq = guarded(engine, tiny_tokenizer, "g", tau_low=0.0, tau_high=0.0, tau_global=1.0, m_max=1)
+    outputs = run(engine, [seq])["g"]
+    report = outputs[-1].report
+    assert report is not None and report.outcome == "refused"
+    assert report.global_check is not None and report.global_check.iterations == 1
+    assert text_of(outputs) == "I cannot answer that reliably."
+
+
+def test_slot_holds_exactly_the_kept_tokens_through_refinements(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    engine = make_engine(tiny_llama)
+    seq = guarded(engine, tiny_tokenizer, "k", tau_low=0.0, tau_high=0.9, n_max=3)
+    engine.add(seq)
+    while not seq.finished:
+        engine.step()
+        if not seq.finished:
+            kept = sum(len(s.token_ids) for s in seq.chain) + len(seq._segment.tokens)
+            assert engine.runner.length(seq.slot) == len(PROMPT) + kept
+
+
+def test_guarded_batched_with_others_equals_guarded_alone(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    alone = run(make_engine(tiny_llama), [guarded(make_engine(tiny_llama), tiny_tokenizer, "x")])
+    engine = make_engine(tiny_llama)
+    plain = Sequence(
+        "p",
+        [7, 8, 9],
+        SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True),
+        tiny_tokenizer,
+        EOS,
+        engine.runner.max_model_len,
+    )
+    other = guarded(engine, tiny_tokenizer, "y", num_candidates=2)
+    together = run(engine, [plain, guarded(engine, tiny_tokenizer, "x"), other])
+    assert text_of(together["x"]) == text_of(alone["x"])
+    batched, single = together["x"][-1].report, alone["x"][-1].report
+    assert batched is not None and single is not None
+    assert [(s.text, s.status) for s in batched.segments] == [
+        (s.text, s.status) for s in single.segments
+    ]
+    assert [s.total for s in batched.segments] == pytest.approx(
+        [s.total for s in single.segments], abs=1e-4
+    )
+
+
+def test_guard_state_is_bounded_by_the_segment(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    engine = make_engine(tiny_llama)
+    seq = guarded(
+        engine, tiny_tokenizer, "m", max_tokens=120, tau_low=0.0, tau_high=0.0, tau_global=0.0
+    )
+    run(engine, [seq])
+    hidden = tiny_llama.config.hidden_size
+    assert seq.peak_buffer_bytes <= seq.config.max_segment_tokens * hidden * 4
+    assert len(seq.chain) >= 120 // seq.config.max_segment_tokens
+    assert all(s.representation.shape == (hidden,) for s in seq.chain)
+
+
+def test_streaming_releases_segments_before_the_end(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    engine = make_engine(tiny_llama)
+    seq = guarded(
+        engine, tiny_tokenizer, "s", hold=False, tau_low=0.0, tau_high=0.0, tau_global=0.0
+    )
+    outputs = run(engine, [seq])["s"]
+    early = [o for o in outputs if o.finish_reason is None and o.text]
+    assert len(early) >= 2
+
+
+@pytest.mark.parametrize("candidates", [1, 3])
+def test_chosen_token_is_the_best_scoring_candidate(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast, candidates: int
+) -> None:
+    engine = make_engine(tiny_llama)
+    seq = guarded(engine, tiny_tokenizer, "c", num_candidates=candidates, max_tokens=4)
+    engine.add(seq)
+    engine.step()
+    record = seq._segment.tokens[0]
+    assert record.token in record.options.ids[:candidates]
+    assert torch.isfinite(torch.tensor(record.score))
