@@ -354,6 +354,11 @@ class GuardedSequence(Sequence):
         total = len(self.prompt_ids) + used
         return used >= self.params.max_tokens or total >= self.max_model_len
 
+    def buffer_bytes(self) -> int:
+        """Hidden states held: the open segment's token states and the chain's compact vectors."""
+        tensors = [t.hidden for t in self._segment.tokens]
+        tensors += [v for s in self.chain for v in (s.representation, s.mean_embedding)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def _track_buffer(self) -> None:
-        held = sum(t.hidden.numel() * t.hidden.element_size() for t in self._segment.tokens)
-        self.peak_buffer_bytes = max(self.peak_buffer_bytes, held)
+        self.peak_buffer_bytes = max(self.peak_buffer_bytes, self.buffer_bytes())

@@ -10,6 +10,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from guard.detokenizer import IncrementalDetokenizer
+from guard.report import GuardReport
 from guard.sampling import SamplingParams, sample_token
 
 FinishReason = Literal["stop", "length"]
@@ -41,7 +42,7 @@ class SequenceOutput:
     text: str
     completion_tokens: int
     finish_reason: FinishReason | None
-    report: object | None = None
+    report: GuardReport | None = None
 
 
 class Sequence:
@@ -95,6 +96,10 @@ class Sequence:
         """Receive the candidates' next-token logits [M, V] and states [M, d]; choose one."""
         self._next_logits = logits[0]
         return StepDecision(chosen=0)
+
+    def buffer_bytes(self) -> int:
+        """Bytes of hidden states this sequence holds (none for plain decoding)."""
+        return 0
 
     def take_output(self) -> SequenceOutput | None:
         """Text and status produced since the last call (None if there is nothing new)."""

@@ -6,6 +6,8 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from guard.report import GuardReport
+
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64)
 
@@ -69,3 +71,37 @@ class CudaMemoryCollector(Collector):
 
 
 REGISTRY.register(CudaMemoryCollector())
+
+GUARD_REFINEMENTS = Histogram(
+    "guardserve_guard_refinements_per_request",
+    "Local refinements (Eq. 13) performed for one guarded choice.",
+    buckets=(0, 1, 2, 3, 5, 8, 13, 21),
+)
+GUARD_SEGMENTS = Counter(
+    "guardserve_guard_segments_total", "Guarded segments by final status.", ["status"]
+)
+GUARD_OUTCOMES = Counter(
+    "guardserve_guard_outcomes_total",
+    "Guarded choices by outcome and abstention reason (reason 'none' when answered).",
+    ["outcome", "reason"],
+)
+GUARD_STAGE_SECONDS = Histogram(
+    "guardserve_guard_stage_seconds",
+    "Time one guarded choice spent per stage (token, segment, refinement, global).",
+    ["stage"],
+    buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 4, 8, 16, 32, 64),
+)
+GUARD_BUFFER_BYTES = Gauge(
+    "guardserve_guard_buffer_bytes",
+    "Bytes of hidden states held by running guarded sequences (open segments and chains).",
+)
+
+
+def observe_guard_report(report: GuardReport) -> None:
+    """Record one finished guarded choice."""
+    GUARD_REFINEMENTS.observe(sum(s.refinements for s in report.segments))
+    for segment in report.segments:
+        GUARD_SEGMENTS.labels(segment.status).inc()
+    GUARD_OUTCOMES.labels(report.outcome, report.reason or "none").inc()
+    for stage, seconds in report.timings.model_dump().items():
+        GUARD_STAGE_SECONDS.labels(stage.removesuffix("_s")).observe(seconds)

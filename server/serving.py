@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from transformers import PreTrainedTokenizerBase
 
 from guard.config import GuardConfig
+from guard.report import GuardReport
 from guard.sampling import SamplingParams
 from server import metrics
 from server.engines.base import Engine, EngineError, GenerationChunk
@@ -48,7 +49,7 @@ class _Choice:
     text: str = ""
     completion_tokens: int = 0
     finish_reason: str | None = None
-    report: object | None = None
+    report: GuardReport | None = None
 
 
 def resolve_guard(
@@ -272,6 +273,8 @@ def _absorb(choice: _Choice, chunk: GenerationChunk) -> None:
     if chunk.finish_reason is not None:
         choice.finish_reason = chunk.finish_reason
         choice.report = chunk.report
+        if chunk.report is not None:
+            metrics.observe_guard_report(chunk.report)
 
 
 def _stream_error(message: str) -> dict[str, dict[str, str | None]]:

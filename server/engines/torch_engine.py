@@ -140,6 +140,8 @@ class TorchEngine:
         running, waiting = self.pending()
         metrics.REQUESTS_RUNNING.labels(self.name).set(running)
         metrics.REQUESTS_WAITING.labels(self.name).set(waiting)
+        held = sum(seq.buffer_bytes() for seq in self.core.scheduler.running)
+        metrics.GUARD_BUFFER_BYTES.set(held)
         for request_id, output in result.outputs.items():
             self._deliver(request_id, output, done=output.finish_reason is not None)
         for request_id, message in result.failed.items():
