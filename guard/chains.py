@@ -23,3 +23,18 @@ def representative_chains(texts: list[str], n_clusters: int, seed: int = 0) -> l
     kmeans = KMeans(n_clusters=min(n_clusters, distinct), n_init=10, random_state=seed)
     kmeans.fit(vectors)
     return sorted({int(i) for i in pairwise_distances_argmin(kmeans.cluster_centers_, vectors)})
+
+
+def choose_chain(
+    texts: list[str], scores: list[float | None], n_clusters: int, seed: int = 0
+) -> int:
+    """Index of the best-scoring representative chain; chains that failed score None.
+
+    Representatives come from `representative_chains` over the chains that passed; when none
+    passed, chain 0 (a failure like the others) is returned.
+    """
+    passed = [i for i, score in enumerate(scores) if score is not None]
+    if not passed:
+        return 0
+    representatives = representative_chains([texts[i] for i in passed], n_clusters, seed)
+    return max((passed[i] for i in representatives), key=lambda i: scores[i] or 0.0)

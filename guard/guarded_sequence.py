@@ -93,12 +93,14 @@ class GuardedSequence(Sequence):
         embed: Embedder,
         evidence: EvidenceScorer | None = None,
         hold_until_checked: bool = True,
+        explore: bool = False,
     ) -> None:
         super().__init__(request_id, prompt_ids, params, tokenizer, eos_token_ids, max_model_len)
         self.config = config
         self.embed = embed
         self.evidence = evidence
         self.hold_until_checked = hold_until_checked
+        self.explore = explore and config.sampling_temperature > 0
         self.tau_low = config.tau_low
         self.tau_high = config.tau_high
         self.report = GuardReport(mode="guard")
@@ -140,6 +142,8 @@ class GuardedSequence(Sequence):
         segment = self._segment
         f = scoring.token_scores(hidden.float(), segment.mean, probs, self.config.lam)
         chosen, passed = scoring.select_candidate(f, self.config.tau_token)
+        if self.explore:
+            chosen = self._sample_choice(f, probs)
         token = tokens[chosen]
         self.report.low_confidence_tokens += 0 if passed else 1
         self.decoded_tokens += 1
@@ -320,6 +324,18 @@ class GuardedSequence(Sequence):
         self.finish(self._finish_reason())
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _sample_choice(self, f: torch.Tensor, probs: torch.Tensor) -> int:
+        """For extra chains: draw among passing candidates at the sampling temperature.
+
+        `probs` are at the score temperature; raising them to T_score / T_sample rescales
+        them to the sampling temperature before renormalising.
+        """
+        passing = f >= self.config.tau_token
+        pool = passing if bool(passing.any()) else torch.ones_like(passing)
+        ratio = self.config.score_temperature / self.config.sampling_temperature
+        weights = probs.pow(ratio) * pool
+        return int(torch.multinomial(weights / weights.sum(), 1, generator=self.generator))
 
     def _release_text(self, ids: list[int]) -> None:
         for token in ids:

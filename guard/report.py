@@ -55,4 +55,7 @@ class GuardReport(BaseModel):
     global_check: GlobalReport | None = Field(default=None, alias="global")
     timings: StageTimings = Field(default_factory=StageTimings)
     chains: int = 1
+    chain_scores: list[float | None] = Field(
+        default_factory=list, description="F_global per sampled chain (None: chain failed)."
+    )
     low_confidence_tokens: int = 0

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import random
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from contextlib import aclosing
+from dataclasses import dataclass, replace
 
 from transformers import PreTrainedTokenizerBase
 
+from guard.chains import choose_chain
 from guard.config import GuardConfig
 from guard.engine import LLMEngine
 from guard.guarded_sequence import GuardedSequence
@@ -65,7 +68,58 @@ class TorchEngine:
         stream: bool = False,
     ) -> AsyncIterator[GenerationChunk]:
         """Stream a sequence's output; leaving early aborts it and frees its slot."""
-        seq = self._make_sequence(request_id, prompt_ids, params, guard, stream)
+        if guard is not None and guard.mode == "guard" and guard.chains > 1:
+            yield await self._best_chain(request_id, prompt_ids, params, guard)
+            return
+        async for chunk in self._run(
+            self._make_sequence(request_id, prompt_ids, params, guard, stream)
+        ):
+            yield chunk
+
+    async def _best_chain(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams, guard: GuardConfig
+    ) -> GenerationChunk:
+        """Decode `guard.chains` chains side by side; answer with the best representative."""
+        seed = params.seed if params.seed is not None else random.randrange(2**31)
+        runs = [
+            self._collect(
+                self._make_sequence(
+                    f"{request_id}/chain{c}",
+                    prompt_ids,
+                    replace(params, seed=seed + c),
+                    guard,
+                    stream=False,
+                    explore=c > 0,
+                )
+            )
+            for c in range(guard.chains)
+        ]
+        results = await asyncio.gather(*runs)
+        scores = [
+            r.report.global_check.f_global
+            if r.report and r.report.outcome == "answered" and r.report.global_check
+            else None
+            for r in results
+        ]
+        best = choose_chain([r.text for r in results], scores, guard.clusters, seed)
+        chosen = results[best]
+        report = chosen.report.model_copy(update={"chains": guard.chains, "chain_scores": scores})
+        tokens = sum(r.completion_tokens for r in results)
+        return GenerationChunk(chosen.text, tokens, chosen.finish_reason, report)
+
+    async def _collect(self, seq: Sequence) -> GenerationChunk:
+        """Run a sequence to its end; its whole text in one chunk (aborted if cancelled)."""
+        text = ""
+        last = GenerationChunk("", 0)
+        async with aclosing(self._run(seq)) as stream:
+            async for chunk in stream:
+                text += chunk.text
+                last = chunk
+        return replace(last, text=text)
+
+    async def _run(self, seq: Sequence) -> AsyncIterator[GenerationChunk]:
+        """Submit a sequence to the worker and relay its outputs; leaving early aborts it."""
+        request_id = seq.request_id
         sink: asyncio.Queue[SequenceOutput | EngineError] = asyncio.Queue()
         self._inbox.put(_Submit(seq, sink, asyncio.get_running_loop()))
         finished = False
@@ -94,6 +148,7 @@ class TorchEngine:
         params: SamplingParams,
         guard: GuardConfig | None,
         stream: bool,
+        explore: bool = False,
     ) -> Sequence:
         args = (request_id, prompt_ids, params, self.tokenizer, self.eos_token_ids)
         if guard is not None and guard.mode == "guard":
@@ -103,6 +158,7 @@ class TorchEngine:
                 guard,
                 self.runner.embed,
                 hold_until_checked=not stream,
+                explore=explore,
             )
         return Sequence(*args, self.runner.max_model_len)
 

@@ -1,6 +1,6 @@
 """Representative chain selection by TF-IDF + KMeans."""
 
-from guard.chains import representative_chains
+from guard.chains import choose_chain, representative_chains
 
 TOPICS = [
     "the revenue of acme grew to twelve billion dollars",
@@ -48,3 +48,15 @@ def test_empty_texts_do_not_crash() -> None:
     chosen = representative_chains(mixed, n_clusters=2)
     assert 1 <= len(chosen) <= 2
     assert all(0 <= i < len(mixed) for i in chosen)
+
+
+def test_choose_chain_takes_the_best_scoring_representative() -> None:
+    texts = ["Paris is the capital.", "Paris is the capital city.", "Lyon is big.", "refused"]
+    scores = [0.8, 0.9, 0.75, None]
+    chosen = choose_chain(texts, scores, n_clusters=3)
+    assert chosen == 1
+
+
+def test_choose_chain_skips_failed_chains_and_falls_back_to_the_first() -> None:
+    assert choose_chain(["a b", "c d"], [None, 0.1], n_clusters=3) == 1
+    assert choose_chain(["a b", "c d"], [None, None], n_clusters=3) == 0
