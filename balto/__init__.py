@@ -1,0 +1,1 @@
+"""BALTO training: balanced token-level advantages, clipped surrogate loss and trainer."""

@@ -1,0 +1,145 @@
+"""Token-level advantages for BALTO and the baselines it is compared with (seed 003, §3 and §5)."""
+
+from enum import StrEnum
+
+import torch
+
+HALLUCINATED = -1
+NEUTRAL = 0
+FAITHFUL = 1
+
+
+class AdvantageMethod(StrEnum):
+    """Advantage schemes: BALTO, the response-level GRPO baselines, FSPO and the PA ablations."""
+
+    BALTO = "balto"
+    GRPO_B = "grpo_b"
+    GRPO_D = "grpo_d"
+    FSPO = "fspo"
+    PA0 = "pa0"
+    PA03 = "pa0.3"
+    PA1 = "pa1"
+
+
+_FIXED_POSITIVE = {AdvantageMethod.PA0: 0.0, AdvantageMethod.PA03: 0.3, AdvantageMethod.PA1: 1.0}
+
+
+def _checked_labels(labels: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Return the labels with positions outside ``mask`` set to neutral, after checking values."""
+    if labels.is_floating_point() or (labels.abs() > 1).any():
+        raise ValueError("token labels must be -1 (hallucinated), 0 (neutral) or +1 (faithful)")
+    if mask is None:
+        return labels
+    return torch.where(mask.bool(), labels, NEUTRAL)
+
+
+def balanced_advantages(labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Balanced token advantages of BALTO (Eq. 5), per response (last dimension).
+
+    ``A_t = -1`` on hallucinated tokens, ``n_H / n_F`` on faithful tokens, 0 on neutral ones,
+    so ``sum_H A + sum_F A = 0`` whenever both sets are non-empty (Eq. 6). A response without
+    hallucinated tokens gets all zeros; one without faithful tokens keeps only the -1 part.
+    ``labels`` is ``[T]`` or ``[B, T]``; positions outside ``mask`` count as neutral.
+    """
+    labels = _checked_labels(labels, mask)
+    is_h = labels == HALLUCINATED
+    is_f = labels == FAITHFUL
+    n_h = is_h.sum(dim=-1, keepdim=True)
+    n_f = is_f.sum(dim=-1, keepdim=True)
+    positive = n_h / n_f.clamp(min=1)
+    return torch.where(is_h, -1.0, 0.0) + torch.where(is_f, positive, 0.0)
+
+
+def fixed_positive_advantages(
+    labels: torch.Tensor, positive: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Fixed-value token advantages of the PA ablations (Table 2): -1 on H, ``positive`` on F.
+
+    Unlike Eq. 5 the faithful credit is not balanced against the hallucinated one, so faithful
+    tokens are rewarded in hallucination-free responses too (the RLFH-style reading of PA).
+    """
+    labels = _checked_labels(labels, mask)
+    return torch.where(labels == HALLUCINATED, -1.0, 0.0) + torch.where(
+        labels == FAITHFUL, positive, 0.0
+    )
+
+
+def grpo_binary_rewards(labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """GRPO_B response rewards (§5 baselines): 1 if a response has no hallucinated token, else 0.
+
+    ``labels`` is ``[G, T]``; returns ``[G]``.
+    """
+    labels = _checked_labels(labels, mask)
+    return (~(labels == HALLUCINATED).any(dim=-1)).to(torch.get_default_dtype())
+
+
+def grpo_density_rewards(
+    n_supported: torch.Tensor, n_claims: torch.Tensor, no_claim_reward: float = 1.0
+) -> torch.Tensor:
+    """GRPO_D response rewards (§5 baselines, App. E.1): the fraction of supported claims.
+
+    A response with no checkable claim has nothing unsupported, so by default it scores 1, the
+    same verdict GRPO_B and the Faith. metric give it; ``no_claim_reward`` overrides that.
+    """
+    n_supported = n_supported.to(torch.get_default_dtype())
+    n_claims = n_claims.to(torch.get_default_dtype())
+    if (n_supported < 0).any() or (n_supported > n_claims).any():
+        raise ValueError("need 0 <= n_supported <= n_claims")
+    fraction = n_supported / n_claims.clamp(min=1)
+    return torch.where(n_claims > 0, fraction, no_claim_reward)
+
+
+def group_normalized(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Group-relative GRPO advantage ``(r - mean) / (std + eps)`` over one prompt's ``[G]`` rewards.
+
+    Uses the population std, as in the paper's Bernoulli analysis (§4, ``std = sqrt(p(1-p))``);
+    a group whose rewards are all equal gets all zeros.
+    """
+    centred = rewards - rewards.mean()
+    return centred / (rewards.std(correction=0) + eps)
+
+
+def broadcast_to_tokens(group_advantage: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Give every response token its response's scalar advantage (GRPO, §2.2); 0 off the mask."""
+    return group_advantage.unsqueeze(-1) * mask.to(group_advantage.dtype)
+
+
+def fspo_advantages(group_advantage: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """FSPO token advantages (App. E.1): the GRPO_D advantage with label-aware sign flips.
+
+    Each token starts from its response's advantage ``[B]``; a hallucinated token with a
+    positive advantage gets its negation, a faithful token with a negative advantage gets its
+    negation. Neutral tokens keep the response advantage. Returns ``[B, T]``.
+    """
+    labels = _checked_labels(labels, None)
+    token_adv = group_advantage.unsqueeze(-1).expand(labels.shape)
+    disagrees = ((labels == HALLUCINATED) & (token_adv > 0)) | (
+        (labels == FAITHFUL) & (token_adv < 0)
+    )
+    return torch.where(disagrees, -token_adv, token_adv)
+
+
+def compute_advantages(
+    method: AdvantageMethod | str,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    n_supported: torch.Tensor | None = None,
+    n_claims: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Token advantages ``[G, T]`` for a group of G responses to one prompt, zero off ``mask``.
+
+    ``labels`` and ``mask`` are ``[G, T]``; the claim counts ``[G]`` are needed by GRPO_D and FSPO.
+    """
+    method = AdvantageMethod(method)
+    if method is AdvantageMethod.BALTO:
+        return balanced_advantages(labels, mask)
+    if method in _FIXED_POSITIVE:
+        return fixed_positive_advantages(labels, _FIXED_POSITIVE[method], mask)
+    if method is AdvantageMethod.GRPO_B:
+        return broadcast_to_tokens(group_normalized(grpo_binary_rewards(labels, mask)), mask)
+    if n_supported is None or n_claims is None:
+        raise ValueError(f"method {method.value!r} needs n_supported and n_claims")
+    group_advantage = group_normalized(grpo_density_rewards(n_supported, n_claims))
+    if method is AdvantageMethod.GRPO_D:
+        return broadcast_to_tokens(group_advantage, mask)
+    return fspo_advantages(group_advantage, labels) * mask.to(group_advantage.dtype)
