@@ -19,6 +19,7 @@ from server.config import ServerConfig
 from server.engine_factory import Engines, build_engines
 from server.engines.base import EngineError
 from server.errors import APIError, install_error_handlers, overloaded, unauthorized, unavailable
+from server.limits import BodySizeLimit, with_deadline
 from server.model_store import DEFAULT_MODEL, resolve_model
 from server.protocol import ChatCompletionRequest, ModelCard, ModelList
 from server.serving import ChatService
@@ -39,6 +40,7 @@ class ServerState:
         self.model_path: Path | None = None
         self.names = config.served_model_name or [_default_name(config.model)]
         self.in_flight = 0
+        self.draining = False
         self.created = int(time.time())
 
     @property
@@ -88,6 +90,7 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
     app = FastAPI(title="guardserve", version="0.1.0", lifespan=lifespan)
     app.state.server = state
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
 
     @app.middleware("http")
     async def authenticate(
@@ -107,7 +110,9 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
-        """Readiness: 200 once the model is loaded."""
+        """Readiness: 200 once the model is loaded, 503 again while draining for shutdown."""
+        if state.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
         if state.service is None:
             status = "failed" if state.load_error else "loading"
             return JSONResponse({"status": status, "error": state.load_error}, status_code=503)
@@ -138,20 +143,26 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
     ) -> JSONResponse | StreamingResponse:
         """OpenAI chat completions, plain or guarded, streaming or not."""
         service = state.service
+        if state.draining:
+            raise unavailable("The server is shutting down.")
         if service is None:
             raise unavailable("The model is still loading.")
         prepared = service.prepare(body, request.headers.get("x-guard"))
         if state.in_flight >= state.capacity:
             raise overloaded(retry_after_s=1)
+        timeout = config.request_timeout
         if body.stream:
-            return StreamingResponse(
-                _admitted(state, service.stream(prepared)), media_type="text/event-stream"
-            )
+            events = with_deadline(service.stream(prepared), timeout)
+            return StreamingResponse(_admitted(state, events), media_type="text/event-stream")
         state.in_flight += 1
         try:
-            completion = await service.complete(prepared)
+            async with asyncio.timeout(timeout):
+                completion = await service.complete(prepared)
         except EngineError as exc:
             raise APIError(500, str(exc), type="server_error", code="engine_error") from exc
+        except TimeoutError as exc:
+            message = f"The request did not finish within {timeout} s."
+            raise APIError(504, message, type="timeout_error", code="timeout") from exc
         finally:
             state.in_flight -= 1
         return JSONResponse(completion.model_dump(exclude_none=True, by_alias=True))

@@ -24,7 +24,17 @@ class ServerConfig(BaseModel):
     plain_engine: Literal["vllm", "torch", "auto"] = "auto"
     guard_default: Literal["on", "off"] = "off"
     device: str = Field("auto", description="Torch runner device: auto, cpu, cuda:N.")
+    torch_runners: int | None = Field(
+        None, ge=1, description="Torch runners; default one per visible GPU, or one on CPU."
+    )
     dtype: str = Field("auto", description="Torch runner dtype: auto, float32, bfloat16.")
     enforce_eager: bool = True
     seed: int = 0
+    request_timeout: float | None = Field(
+        None, gt=0, description="Seconds a request may take before it is cut off (504)."
+    )
+    shutdown_grace_period: float = Field(
+        30.0, ge=0, description="Seconds SIGTERM waits for in-flight requests to finish."
+    )
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest accepted request body.")
     cache_dir: str | None = None

@@ -7,12 +7,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
 from guard.config import MAX_CANDIDATES
 from guard.model_runner import ModelRunner
 from server.config import ServerConfig
 from server.engines.base import Engine
+from server.engines.dispatcher import LeastLoadedDispatcher
 from server.engines.torch_engine import TorchEngine
 
 logger = logging.getLogger(__name__)
@@ -45,25 +47,44 @@ def choose_plain_engine(choice: str) -> str:
     return choice
 
 
-def build_torch_engine(model_path: Path, config: ServerConfig) -> TorchEngine:
-    """Load the model into a slot-cache runner and start its worker thread."""
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-    runner = ModelRunner.load(
-        model_path,
-        num_slots=config.max_num_seqs,
-        max_model_len=config.max_model_len,
-        max_candidates=MAX_CANDIDATES,
-        device=config.device,
-        dtype=config.dtype,
-    )
-    return TorchEngine(runner, tokenizer, eos_token_ids(model_path, tokenizer))
+def runner_devices(config: ServerConfig) -> list[str]:
+    """One device per torch runner: every visible GPU under 'auto', else the one asked for."""
+    if config.device == "auto" and torch.cuda.is_available():
+        count = config.torch_runners or torch.cuda.device_count()
+        return [f"cuda:{i % torch.cuda.device_count()}" for i in range(count)]
+    device = "cpu" if config.device == "auto" else config.device
+    return [device] * (config.torch_runners or 1)
+
+
+def build_torch_engines(
+    model_path: Path, config: ServerConfig, tokenizer: PreTrainedTokenizerBase
+) -> Engine:
+    """A slot-cache runner per device, each with its worker thread, behind one dispatcher."""
+    eos = eos_token_ids(model_path, tokenizer)
+    engines = [
+        TorchEngine(
+            ModelRunner.load(
+                model_path,
+                num_slots=config.max_num_seqs,
+                max_model_len=config.max_model_len,
+                max_candidates=MAX_CANDIDATES,
+                device=device,
+                dtype=config.dtype,
+            ),
+            tokenizer,
+            eos,
+        )
+        for device in runner_devices(config)
+    ]
+    return engines[0] if len(engines) == 1 else LeastLoadedDispatcher(engines)
 
 
 def build_engines(model_path: Path, config: ServerConfig) -> Engines:
-    """The torch engine (guarded requests) and the plain engine chosen by --plain-engine."""
-    torch_engine = build_torch_engine(model_path, config)
+    """The torch engine(s) for guarded requests and the plain engine chosen by --plain-engine."""
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    torch_engine = build_torch_engines(model_path, config, tokenizer)
     if choose_plain_engine(config.plain_engine) == "torch":
-        return Engines(torch_engine.tokenizer, torch_engine, torch_engine)
+        return Engines(tokenizer, torch_engine, torch_engine)
     from server.engines.vllm_engine import VllmEngine
 
     plain = VllmEngine.start(
@@ -76,4 +97,4 @@ def build_engines(model_path: Path, config: ServerConfig) -> Engines:
         enforce_eager=config.enforce_eager,
         seed=config.seed,
     )
-    return Engines(torch_engine.tokenizer, plain, torch_engine)
+    return Engines(tokenizer, plain, torch_engine)

@@ -50,14 +50,17 @@ class TorchEngine:
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
         self.core = LLMEngine(runner)
+        self.label = f"torch-{runner.device}"
+        self._active = 0
         self._inbox: queue.SimpleQueue[_Submit | _Abort | None] = queue.SimpleQueue()
         self._sinks: dict[str, _Submit] = {}
         self._thread = threading.Thread(target=self._loop, name="torch-engine", daemon=True)
         self._thread.start()
 
     def pending(self) -> tuple[int, int]:
-        """Requests (running, waiting) right now."""
-        return len(self.core.scheduler.running), len(self.core.scheduler.waiting)
+        """Requests (running, waiting) right now; submitted ones not yet scheduled are waiting."""
+        running = min(len(self.core.scheduler.running), self._active)
+        return running, self._active - running
 
     async def generate(
         self,
@@ -122,6 +125,7 @@ class TorchEngine:
         request_id = seq.request_id
         sink: asyncio.Queue[SequenceOutput | EngineError] = asyncio.Queue()
         self._inbox.put(_Submit(seq, sink, asyncio.get_running_loop()))
+        self._active += 1
         finished = False
         try:
             while not finished:
@@ -133,6 +137,7 @@ class TorchEngine:
                     item.text, item.completion_tokens, item.finish_reason, item.report
                 )
         finally:
+            self._active -= 1
             if not finished:
                 self._inbox.put(_Abort(request_id))
 
@@ -192,10 +197,10 @@ class TorchEngine:
             logger.exception("engine step failed")
             return
         if result.batch_size:
-            metrics.BATCH_SIZE.labels(self.name).observe(result.batch_size)
-        running, waiting = self.pending()
-        metrics.REQUESTS_RUNNING.labels(self.name).set(running)
-        metrics.REQUESTS_WAITING.labels(self.name).set(waiting)
+            metrics.BATCH_SIZE.labels(self.label).observe(result.batch_size)
+        scheduler = self.core.scheduler
+        metrics.REQUESTS_RUNNING.labels(self.label).set(len(scheduler.running))
+        metrics.REQUESTS_WAITING.labels(self.label).set(len(scheduler.waiting))
         held = sum(seq.buffer_bytes() for seq in self.core.scheduler.running)
         metrics.GUARD_BUFFER_BYTES.set(held)
         for request_id, output in result.outputs.items():

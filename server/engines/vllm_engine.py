@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from guard.config import GuardConfig
 from guard.sampling import SamplingParams
+from server import metrics
 from server.engines.base import EngineError, GenerationChunk
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ class VllmEngine:
         produced = 0
         finished = False
         self._running += 1
+        metrics.REQUESTS_RUNNING.labels(self.name).set(self._running)
         try:
             stream = self.llm.generate(
                 TokensPrompt(prompt_token_ids=prompt_ids), sampling, request_id
@@ -101,6 +103,7 @@ class VllmEngine:
             raise EngineError(f"{type(exc).__name__}: {exc}") from exc
         finally:
             self._running -= 1
+            metrics.REQUESTS_RUNNING.labels(self.name).set(self._running)
             if not finished:
                 await self.llm.abort(request_id)
 

@@ -1,0 +1,44 @@
+"""Least-loaded dispatch over several engines of one kind (one torch runner per GPU)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from guard.config import GuardConfig
+from guard.sampling import SamplingParams
+from server.engines.base import Engine, GenerationChunk
+
+
+class LeastLoadedDispatcher:
+    """Sends each request to the engine with the fewest running plus waiting requests."""
+
+    def __init__(self, engines: Sequence[Engine]) -> None:
+        if not engines:
+            raise ValueError("a dispatcher needs at least one engine")
+        self.engines = list(engines)
+        self.name = engines[0].name
+
+    def pending(self) -> tuple[int, int]:
+        """Summed (running, waiting) over all engines."""
+        loads = [engine.pending() for engine in self.engines]
+        return sum(r for r, _ in loads), sum(w for _, w in loads)
+
+    def pick(self) -> Engine:
+        """The least-loaded engine (the first of equals)."""
+        return min(self.engines, key=lambda engine: sum(engine.pending()))
+
+    def generate(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        guard: GuardConfig | None = None,
+        stream: bool = False,
+    ) -> AsyncIterator[GenerationChunk]:
+        """Run the request on the least-loaded engine."""
+        return self.pick().generate(request_id, prompt_ids, params, guard, stream)
+
+    async def shutdown(self) -> None:
+        """Shut every engine down."""
+        for engine in self.engines:
+            await engine.shutdown()

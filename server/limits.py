@@ -1,0 +1,94 @@
+"""Request-level limits: a body size cap (ASGI middleware) and a deadline for streamed events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.errors import APIError
+
+
+class BodyTooLarge(Exception):
+    """The request body passed the configured limit."""
+
+
+class BodySizeLimit:
+    """Answers 413 with OpenAI's error object when a request body is larger than `max_bytes`."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the declared length first, then count the bytes actually received."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(scope, receive, send)
+            return
+        seen = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await self._reject(scope, receive, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = APIError(
+            413,
+            f"The request body is larger than {self.max_bytes} bytes.",
+            code="request_too_large",
+        )
+        await error.response()(scope, receive, send)
+
+
+async def with_deadline(
+    events: AsyncGenerator[str, None], timeout_s: float | None
+) -> AsyncIterator[str]:
+    """Relay server-sent events until `timeout_s` has passed, then send an error and stop."""
+    if timeout_s is None:
+        async for event in events:
+            yield event
+        return
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                event = await asyncio.wait_for(anext(events), deadline - time.monotonic())
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                body = {
+                    "error": {
+                        "message": f"The request did not finish within {timeout_s} s.",
+                        "type": "timeout_error",
+                        "param": None,
+                        "code": "timeout",
+                    }
+                }
+                yield f"data: {json.dumps(body)}\n\n"
+                return
+            yield event
+    finally:
+        await events.aclose()
