@@ -67,9 +67,6 @@ class ModelRunner:
             dtype=next(model.parameters()).dtype,
             device=self.device,
         )
-        self._penultimate = torch.empty(0)
-        layers = model.model.layers
-        layers[len(layers) - 2].register_forward_hook(self._keep_penultimate)
 
     @classmethod
     def load(
@@ -90,9 +87,6 @@ class ModelRunner:
         return cls(
             model, num_slots=num_slots, max_model_len=max_model_len, max_candidates=max_candidates
         )
-
-    def _keep_penultimate(self, _module: torch.nn.Module, _inputs: object, output: object) -> None:
-        self._penultimate = output[0] if isinstance(output, tuple) else output
 
     def length(self, slot: int) -> int:
         """Committed tokens in a slot."""
@@ -196,8 +190,10 @@ class ModelRunner:
             position_ids=start[:, None] + relative_positions,
             past_key_values=self.cache,
             use_cache=True,
+            output_hidden_states=True,
         )
-        return StepOutput(logits=base.last_hidden_state, hidden=self._penultimate.float())
+        penultimate = base.hidden_states[-2]
+        return StepOutput(logits=base.last_hidden_state, hidden=penultimate.float())
 
     def _logits(self, last_hidden: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(last_hidden).float()

@@ -1,0 +1,62 @@
+"""Sampling filters and incremental detokenization with stop strings."""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from guard.detokenizer import IncrementalDetokenizer
+from guard.sampling import SamplingParams, filtered_logits, sample_token, top_candidates
+
+
+def test_greedy_takes_the_argmax() -> None:
+    logits = torch.tensor([0.1, 2.0, 1.9])
+    assert sample_token(logits, SamplingParams(max_tokens=1, temperature=0.0), None) == 1
+
+
+def test_top_k_keeps_only_the_k_best() -> None:
+    logits = torch.tensor([3.0, 1.0, 2.0, 0.0])
+    kept = filtered_logits(logits, SamplingParams(max_tokens=1, top_k=2))
+    assert torch.isfinite(kept).tolist() == [True, False, True, False]
+
+
+def test_top_p_keeps_the_smallest_nucleus() -> None:
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    kept = filtered_logits(probs.log(), SamplingParams(max_tokens=1, top_p=0.8))
+    assert torch.isfinite(kept).tolist() == [True, True, False, False]
+
+
+def test_seeded_sampling_repeats() -> None:
+    logits = torch.zeros(50)
+    params = SamplingParams(max_tokens=1, temperature=1.0)
+    draws = []
+    for _ in range(2):
+        generator = torch.Generator().manual_seed(7)
+        draws.append([sample_token(logits, params, generator) for _ in range(10)])
+    assert draws[0] == draws[1]
+    assert len(set(draws[0])) > 1
+
+
+def test_top_candidates_skip_banned_tokens() -> None:
+    logits = torch.tensor([5.0, 4.0, 3.0, 2.0])
+    assert top_candidates(logits, 2, banned={0}).tolist() == [1, 2]
+
+
+def test_detokenizer_streams_stable_text(tiny_tokenizer: PreTrainedTokenizerFast) -> None:
+    ids = [5, 6, 1, 7]
+    detok = IncrementalDetokenizer(tiny_tokenizer)
+    text = "".join(detok.push(t) for t in ids) + detok.flush()
+    assert text == tiny_tokenizer.decode(ids)
+
+
+def test_detokenizer_cuts_at_a_stop_string_and_holds_back_its_prefix(
+    tiny_tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    detok = IncrementalDetokenizer(tiny_tokenizer, stop=("w7 w8",))
+    pieces = [detok.push(t) for t in [5, 6, 7]]
+    assert "w7" not in "".join(pieces)
+    assert not detok.stopped
+    pieces.append(detok.push(8))
+    assert detok.stopped
+    assert detok.text == "w5 w6 "
+    assert "".join(pieces) + detok.flush() == "w5 w6 "
