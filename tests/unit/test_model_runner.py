@@ -55,7 +55,7 @@ def test_requests_join_and_leave_between_steps(tiny_llama: LlamaForCausalLM) -> 
     runner.commit([0], [0])
     second = runner.extend([1], [PROMPTS[1]])
     token_b = int(second.logits[0].argmax())
-    step = runner.tree_step([0, 1], [[int(9)], [token_b]])
+    step = runner.tree_step([0, 1], [[9], [token_b]])
     runner.commit([0, 1], [0, 0])
     expected, _ = full_forward(tiny_llama, [*PROMPTS[1], token_b])
     torch.testing.assert_close(step.logits[1, 0], expected, atol=1e-4, rtol=1e-4)
