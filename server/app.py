@@ -19,7 +19,7 @@ from server.config import ServerConfig
 from server.engine_factory import Engines, build_engines
 from server.engines.base import EngineError
 from server.errors import APIError, install_error_handlers, overloaded, unauthorized, unavailable
-from server.limits import BodySizeLimit, with_deadline
+from server.limits import BodySizeLimit
 from server.model_store import DEFAULT_MODEL, resolve_model
 from server.protocol import ChatCompletionRequest, ModelCard, ModelList
 from server.serving import ChatService
@@ -152,7 +152,7 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
             raise overloaded(retry_after_s=1)
         timeout = config.request_timeout
         if body.stream:
-            events = with_deadline(service.stream(prepared), timeout)
+            events = service.stream(prepared, timeout)
             return StreamingResponse(_admitted(state, events), media_type="text/event-stream")
         state.in_flight += 1
         try:

@@ -40,17 +40,16 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """Load the model and serve until interrupted."""
-    import uvicorn
-
+    """Load the model and serve until SIGTERM/SIGINT, draining in-flight requests first."""
     from server.app import create_app
+    from server.shutdown import DrainingServer
 
     fields = ServerConfig.model_fields
     config = ServerConfig(**{k: v for k, v in vars(args).items() if k in fields})
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=args.log_level)
+    DrainingServer.for_app(create_app(config), log_level=args.log_level).run()
     return 0
 
 

@@ -1,11 +1,6 @@
-"""Request-level limits: a body size cap (ASGI middleware) and a deadline for streamed events."""
+"""Request body size cap as ASGI middleware: 413 with OpenAI's error object past the limit."""
 
 from __future__ import annotations
-
-import asyncio
-import json
-import time
-from collections.abc import AsyncGenerator, AsyncIterator
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -61,34 +56,3 @@ class BodySizeLimit:
             code="request_too_large",
         )
         await error.response()(scope, receive, send)
-
-
-async def with_deadline(
-    events: AsyncGenerator[str, None], timeout_s: float | None
-) -> AsyncIterator[str]:
-    """Relay server-sent events until `timeout_s` has passed, then send an error and stop."""
-    if timeout_s is None:
-        async for event in events:
-            yield event
-        return
-    deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            try:
-                event = await asyncio.wait_for(anext(events), deadline - time.monotonic())
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                body = {
-                    "error": {
-                        "message": f"The request did not finish within {timeout_s} s.",
-                        "type": "timeout_error",
-                        "param": None,
-                        "code": "timeout",
-                    }
-                }
-                yield f"data: {json.dumps(body)}\n\n"
-                return
-            yield event
-    finally:
-        await events.aclose()

@@ -59,6 +59,9 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    ignore_eos: bool = Field(
+        default=False, description="vLLM extension: keep generating past end-of-sequence."
+    )
     user: str | None = None
     guard: dict[str, Any] | None = Field(
         default=None,

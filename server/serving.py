@@ -125,6 +125,7 @@ class ChatService:
                 top_k=max(request.top_k or 0, 0),
                 seed=None if request.seed is None else request.seed + index,
                 stop=tuple(request.stop_list()),
+                ignore_eos=request.ignore_eos,
             )
             for index in range(request.n)
         ]
@@ -183,8 +184,14 @@ class ChatService:
             guard=reports if any(r is not None for r in reports) else None,
         )
 
-    async def stream(self, prepared: Prepared) -> AsyncIterator[str]:
-        """Server-sent events: a role chunk, content deltas, finish chunks, usage, [DONE]."""
+    async def stream(
+        self, prepared: Prepared, timeout_s: float | None = None
+    ) -> AsyncIterator[str]:
+        """Server-sent events: a role chunk, content deltas, finish chunks, usage, [DONE].
+
+        Past `timeout_s` the stream ends with an error event and the generations are aborted.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         rid = completion_id()
         created = int(time.time())
         model = prepared.request.model
@@ -217,7 +224,14 @@ class ChatService:
                     )
                 remaining = len(choices)
                 while remaining:
-                    index, item = await events.get()
+                    left = None if deadline is None else max(deadline - time.monotonic(), 0)
+                    try:
+                        index, item = await asyncio.wait_for(events.get(), left)
+                    except TimeoutError:
+                        message = f"The request did not finish within {timeout_s} s."
+                        yield _error_event(message, "timeout_error", "timeout")
+                        observation.fail()
+                        break
                     if item is None:
                         remaining -= 1
                         continue
@@ -242,7 +256,7 @@ class ChatService:
                             )
                         )
             except EngineError as exc:
-                yield f"data: {json.dumps(_stream_error(str(exc)))}\n\n"
+                yield _error_event(str(exc), "server_error", "engine_error")
                 observation.fail()
             finally:
                 for task in tasks:
@@ -277,8 +291,10 @@ def _absorb(choice: _Choice, chunk: GenerationChunk) -> None:
             metrics.observe_guard_report(chunk.report)
 
 
-def _stream_error(message: str) -> dict[str, dict[str, str | None]]:
-    return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+def _error_event(message: str, kind: str, code: str) -> str:
+    """An SSE event carrying OpenAI's error object (the SDK raises it as an APIError)."""
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return f"data: {json.dumps(body)}\n\n"
 
 
 class _Observation:

@@ -186,6 +186,7 @@ class TorchEngine:
         if isinstance(message, _Abort):
             self._sinks.pop(message.request_id, None)
             self.core.abort(message.request_id)
+            self._publish_load()
             return
         self._sinks[message.seq.request_id] = message
         self.core.add(message.seq)
@@ -198,15 +199,18 @@ class TorchEngine:
             return
         if result.batch_size:
             metrics.BATCH_SIZE.labels(self.label).observe(result.batch_size)
-        scheduler = self.core.scheduler
-        metrics.REQUESTS_RUNNING.labels(self.label).set(len(scheduler.running))
-        metrics.REQUESTS_WAITING.labels(self.label).set(len(scheduler.waiting))
-        held = sum(seq.buffer_bytes() for seq in self.core.scheduler.running)
-        metrics.GUARD_BUFFER_BYTES.set(held)
+        self._publish_load()
         for request_id, output in result.outputs.items():
             self._deliver(request_id, output, done=output.finish_reason is not None)
         for request_id, message in result.failed.items():
             self._deliver(request_id, EngineError(message), done=True)
+
+    def _publish_load(self) -> None:
+        """Set the load gauges; after aborts too, which free slots without a step."""
+        scheduler = self.core.scheduler
+        metrics.REQUESTS_RUNNING.labels(self.label).set(len(scheduler.running))
+        metrics.REQUESTS_WAITING.labels(self.label).set(len(scheduler.waiting))
+        metrics.GUARD_BUFFER_BYTES.set(sum(seq.buffer_bytes() for seq in scheduler.running))
 
     def _deliver(self, request_id: str, item: SequenceOutput | EngineError, done: bool) -> None:
         submit = self._sinks.pop(request_id, None) if done else self._sinks.get(request_id)

@@ -1,0 +1,128 @@
+"""Overload, timeouts, body limits, graceful drain, and schema fuzzing against a real server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server.launcher import RunningServer, serve
+from server.model_store import DEFAULT_MODEL
+
+pytestmark = pytest.mark.integration
+
+TIGHT_FLAGS = [
+    "--plain-engine", "torch", "--max-num-seqs", "1", "--max-queue", "0",
+    "--request-timeout", "3", "--max-body-bytes", "4096", "--max-model-len", "256",
+]  # fmt: skip
+
+
+def chat(max_tokens: int, stream: bool = False, content: str = "Tell me a long story.") -> dict:
+    return {
+        "model": DEFAULT_MODEL,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": stream,
+        "ignore_eos": True,
+    }
+
+
+@pytest.fixture(scope="module")
+def tight_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    log = tmp_path_factory.mktemp("ops") / "server.log"
+    with serve(TIGHT_FLAGS, log) as server:
+        yield server
+
+
+def test_full_queue_answers_429_with_retry_after(tight_server: RunningServer) -> None:
+    url = f"{tight_server.url}/v1/chat/completions"
+    with httpx.Client(timeout=30) as client:
+        with client.stream("POST", url, json=chat(200, stream=True)) as busy:
+            next(busy.iter_lines())
+            refused = client.post(url, json=chat(4))
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == "queue_full"
+        time.sleep(0.5)
+        assert client.post(url, json=chat(4)).status_code == 200
+
+
+def test_request_past_its_timeout_gets_504(tight_server: RunningServer) -> None:
+    response = httpx.post(f"{tight_server.url}/v1/chat/completions", json=chat(200), timeout=60)
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "timeout"
+
+
+def test_streamed_request_past_its_timeout_ends_with_an_error_event(
+    tight_server: RunningServer,
+) -> None:
+    url = f"{tight_server.url}/v1/chat/completions"
+    with httpx.stream("POST", url, json=chat(200, stream=True), timeout=60) as response:
+        events = [line.removeprefix("data: ") for line in response.iter_lines() if line]
+    assert events[-1] == "[DONE]"
+    errors = [json.loads(e)["error"] for e in events[:-1] if "error" in json.loads(e)]
+    assert [e["code"] for e in errors] == ["timeout"]
+
+
+def test_oversized_body_gets_413(tight_server: RunningServer) -> None:
+    body = chat(4, content="x" * 10_000)
+    response = httpx.post(f"{tight_server.url}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+
+
+def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(tmp_path: Path) -> None:
+    with serve(
+        ["--plain-engine", "torch", "--shutdown-grace-period", "60"], tmp_path / "log"
+    ) as server:
+        url = f"{server.url}/v1/chat/completions"
+        results: dict[str, httpx.Response] = {}
+        worker = threading.Thread(
+            target=lambda: results.update(long=httpx.post(url, json=chat(48), timeout=120))
+        )
+        worker.start()
+        deadline = time.monotonic() + 10
+        while "guardserve_requests_running{engine=" not in _running(server):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert httpx.get(f"{server.url}/ready", timeout=5).status_code == 503
+        refused = httpx.post(url, json=chat(4), timeout=10)
+        assert refused.status_code == 503
+        worker.join(timeout=120)
+        assert results["long"].status_code == 200
+        assert results["long"].json()["usage"]["completion_tokens"] > 0
+        # uvicorn re-raises the signal once drained, so the exit is by SIGTERM itself.
+        assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+def _running(server: RunningServer) -> str:
+    """The running-requests gauge lines that show one request in flight."""
+    text = httpx.get(f"{server.url}/metrics", timeout=5).text
+    lines = [line for line in text.splitlines() if line.startswith("guardserve_requests_running")]
+    return "\n".join(line for line in lines if line.endswith(" 1.0"))
+
+
+def test_schema_fuzzing_finds_no_server_error(tight_server: RunningServer, tmp_path: Path) -> None:
+    binary = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
+    if binary is None:
+        pytest.skip("schemathesis is not installed")
+    command = [
+        binary, "run", f"{tight_server.url}/openapi.json",
+        "--checks", "not_a_server_error", "--max-examples", "25", "--seed", "1",
+        "--workers", "1", "--request-timeout", "30", "--phases", "examples,coverage,fuzzing",
+        "--suppress-health-check", "all", "--report-dir", str(tmp_path),
+    ]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-4000:]
