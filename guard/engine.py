@@ -96,20 +96,22 @@ class LLMEngine:
             for seq in batch:
                 self._fail(seq, failed, exc)
             return
-        kept: list[Sequence] = []
-        decisions = []
+        rows: list[int] = []
+        picks: list[int] = []
         for row, seq in enumerate(batch):
-            width = len(candidates[row])
-            decision = self._guarded(
-                seq, failed, seq.on_step, out.logits[row, :width], out.hidden[row, :width]
-            )
-            if decision is not None:
-                kept.append(seq)
-                decisions.append(decision)
-        self.runner.commit([s.slot for s in kept], [d.chosen for d in decisions])
-        for seq, decision in zip(kept, decisions, strict=True):
-            if decision.rollback_to is not None:
-                self.runner.truncate(seq.slot, len(seq.prompt_ids) + decision.rollback_to)
+            chosen = self._guarded(seq, failed, seq.choose, out.hidden[row, : len(candidates[row])])
+            if chosen is not None:
+                rows.append(row)
+                picks.append(chosen)
+        if not rows:
+            return
+        kept = [batch[row] for row in rows]
+        self.runner.commit([s.slot for s in kept], picks)
+        logits = self.runner.logits(out.final[rows, picks])
+        for seq, next_logits in zip(kept, logits, strict=True):
+            keep = self._guarded(seq, failed, seq.advance, next_logits)
+            if keep is not None and keep >= 0:
+                self.runner.truncate(seq.slot, len(seq.prompt_ids) + keep)
 
     def _guarded(
         self, seq: Sequence, failed: dict[str, str], call: Callable[..., T], *args: object

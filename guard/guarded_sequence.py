@@ -13,7 +13,7 @@ from guard import scoring
 from guard.config import GuardConfig
 from guard.report import GlobalReport, GuardReport, SegmentReport
 from guard.sampling import SamplingParams
-from guard.sequence import Sequence, SequenceOutput, StepDecision
+from guard.sequence import Sequence, SequenceOutput
 
 Embedder = Callable[[list[int]], torch.Tensor]
 EvidenceScorer = Callable[[str], float]
@@ -114,6 +114,7 @@ class GuardedSequence(Sequence):
         self._first_options = Shortlist([], torch.empty(0))
         self._next = self._first_options
         self._proposed: tuple[list[int], torch.Tensor] = ([], torch.empty(0))
+        self._ended = False
         self._step_started = 0.0
 
     # -- engine interface -------------------------------------------------------------------
@@ -135,33 +136,38 @@ class GuardedSequence(Sequence):
         self._step_started = time.perf_counter()
         return self._proposed[0]
 
-    def on_step(self, logits: torch.Tensor, hidden: torch.Tensor) -> StepDecision:
-        """Score the candidates (Eq. 5-6), keep the best (Eq. 7); close a segment at a boundary."""
+    def choose(self, hidden: torch.Tensor) -> int:
+        """Score the candidates from their states (Eq. 5-6) and keep the best one (Eq. 7)."""
         tokens, probs = self._proposed
-        options = self._next
         segment = self._segment
         f = scoring.token_scores(hidden.float(), segment.mean, probs, self.config.lam)
         chosen, passed = scoring.select_candidate(f, self.config.tau_token)
         if self.explore:
             chosen = self._sample_choice(f, probs)
-        token = tokens[chosen]
         self.report.low_confidence_tokens += 0 if passed else 1
         self.decoded_tokens += 1
-        self._next = self._shortlist(logits[chosen])
-        segment.mean = scoring.update_running_mean(
-            segment.mean, segment.count, hidden[chosen].float()
-        )
+        state = hidden[chosen].float()
+        segment.mean = scoring.update_running_mean(segment.mean, segment.count, state)
         segment.count += 1
-        ended = token in self.eos_token_ids and not self.params.ignore_eos
-        if not ended:
-            record = TokenRecord(token, hidden[chosen].float(), float(f[chosen]), options)
-            segment.tokens.append(record)
+        self._ended = tokens[chosen] in self.eos_token_ids and not self.params.ignore_eos
+        if not self._ended:
+            segment.tokens.append(TokenRecord(tokens[chosen], state, float(f[chosen]), self._next))
         self._track_buffer()
+        return chosen
+
+    def advance(self, logits: torch.Tensor) -> int:
+        """Take the chosen token's next-token logits; close the segment at a boundary.
+
+        Returns -1, or the output length to roll the slot back to (refinement, re-decode).
+        """
+        self._next = self._shortlist(logits)
         self.report.timings.token_s += time.perf_counter() - self._step_started
-        rollback = None
-        if ended or self._at_boundary(token) or self._out_of_room():
-            rollback = self._close_segment(final=ended or self._out_of_room())
-        return StepDecision(chosen=chosen, rollback_to=rollback)
+        last = self._segment.tokens[-1].token if self._segment.tokens else None
+        final = self._ended or self._out_of_room()
+        if final or (last is not None and self._at_boundary(last)):
+            keep = self._close_segment(final=final)
+            return -1 if keep is None else keep
+        return -1
 
     def take_output(self) -> SequenceOutput | None:
         """Released text; the final output carries the report and counts every decoded token."""

@@ -12,15 +12,22 @@ from guard.kv_cache import SlotKVCache
 
 
 @dataclass(frozen=True)
-class StepOutput:
-    """What one forward returns per batch row.
-
-    For a tree step: `logits` [B, M, V] is each candidate's next-token distribution and `hidden`
-    [B, M, d] each candidate's penultimate-layer state. For an extend (prefill): `logits` [B, V]
-    at each row's last new token and `hidden` [B, d] the mean penultimate state of its new tokens.
-    """
+class PrefillOutput:
+    """Per row: next-token logits [B, V] after its last new token, mean penultimate state [B, d]."""
 
     logits: torch.Tensor
+    hidden: torch.Tensor
+
+
+@dataclass(frozen=True)
+class TreeOutput:
+    """Per row and candidate: final-layer states [B, M, d] and penultimate-layer states [B, M, d].
+
+    `ModelRunner.logits(final[b, i])` is candidate i's next-token distribution; the engine asks
+    only for the chosen candidates', sparing the vocabulary projection of the others.
+    """
+
+    final: torch.Tensor
     hidden: torch.Tensor
 
 
@@ -105,7 +112,7 @@ class ModelRunner:
             return self.model.get_input_embeddings()(ids).float()
 
     @torch.inference_mode()
-    def extend(self, slots: list[int], tokens: list[list[int]]) -> StepOutput:
+    def extend(self, slots: list[int], tokens: list[list[int]]) -> PrefillOutput:
         """Append each row's tokens to its slot (causal among themselves) and commit them all."""
         counts = [len(t) for t in tokens]
         width = max(counts)
@@ -124,10 +131,10 @@ class ModelRunner:
         last = torch.tensor([n - 1 for n in counts], device=self.device)
         rows = torch.arange(len(slots), device=self.device)
         hidden = (out.hidden * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)
-        return StepOutput(logits=self._logits(out.logits[rows, last]), hidden=hidden)
+        return PrefillOutput(logits=self.logits(out.final[rows, last]), hidden=hidden)
 
     @torch.inference_mode()
-    def tree_step(self, slots: list[int], candidates: list[list[int]]) -> StepOutput:
+    def tree_step(self, slots: list[int], candidates: list[list[int]]) -> TreeOutput:
         """Evaluate each row's candidate tokens side by side at the slot's next position.
 
         Candidate i sees the committed prefix and itself only. Nothing is committed: call
@@ -141,10 +148,14 @@ class ModelRunner:
             raise ValueError("sequence longer than max_model_len")
         eye = torch.eye(width, dtype=torch.bool, device=self.device)
         positions = torch.zeros(len(slots), width, dtype=torch.long, device=self.device)
-        out = self._forward(
+        return self._forward(
             slots, candidates, starts, positions, eye[None].expand(len(slots), -1, -1)
         )
-        return StepOutput(logits=self._logits(out.logits), hidden=out.hidden)
+
+    @torch.inference_mode()
+    def logits(self, final_states: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (float32) from final-layer states [..., d]."""
+        return self.model.lm_head(final_states).float()
 
     def commit(self, slots: list[int], chosen: list[int]) -> None:
         """Keep candidate `chosen[i]` of the last tree step as slot i's next token."""
@@ -164,7 +175,7 @@ class ModelRunner:
         starts: list[int],
         relative_positions: torch.Tensor,
         relation: torch.Tensor,
-    ) -> StepOutput:
+    ) -> TreeOutput:
         """One forward. `relation[b, q, k]`: new token q of row b may attend new token k."""
         batch, width = relation.shape[0], relation.shape[1]
         counts = torch.tensor([len(t) for t in tokens], device=self.device)
@@ -193,10 +204,7 @@ class ModelRunner:
             output_hidden_states=True,
         )
         penultimate = base.hidden_states[-2]
-        return StepOutput(logits=base.last_hidden_state, hidden=penultimate.float())
-
-    def _logits(self, last_hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(last_hidden).float()
+        return TreeOutput(final=base.last_hidden_state, hidden=penultimate.float())
 
 
 def load_tokenizer(model_path: str | Path) -> AutoTokenizer:

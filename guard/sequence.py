@@ -24,17 +24,6 @@ class Status(enum.Enum):
     FINISHED = "finished"
 
 
-@dataclass(frozen=True)
-class StepDecision:
-    """What a sequence keeps from a tree step: the chosen candidate and an optional rollback.
-
-    `rollback_to` is the number of output tokens to keep after committing (refinement).
-    """
-
-    chosen: int
-    rollback_to: int | None = None
-
-
 @dataclass
 class SequenceOutput:
     """Output produced since the last time the consumer looked."""
@@ -92,10 +81,17 @@ class Sequence:
         self._accept(token)
         return None if self.finished else [token]
 
-    def on_step(self, logits: torch.Tensor, hidden: torch.Tensor) -> StepDecision:
-        """Receive the candidates' next-token logits [M, V] and states [M, d]; choose one."""
-        self._next_logits = logits[0]
-        return StepDecision(chosen=0)
+    def choose(self, hidden: torch.Tensor) -> int:
+        """Pick one of the proposed candidates given their penultimate states [M, d]."""
+        return 0
+
+    def advance(self, logits: torch.Tensor) -> int:
+        """Receive the chosen candidate's next-token logits [V].
+
+        Returns -1, or the number of output tokens the slot keeps (a rollback).
+        """
+        self._next_logits = logits
+        return -1
 
     def buffer_bytes(self) -> int:
         """Bytes of hidden states this sequence holds (none for plain decoding)."""

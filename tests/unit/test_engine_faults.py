@@ -8,7 +8,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from guard.engine import LLMEngine
 from guard.model_runner import ModelRunner
 from guard.sampling import SamplingParams
-from guard.sequence import Sequence, StepDecision
+from guard.sequence import Sequence
 
 
 class BrokenSequence(Sequence):
@@ -16,11 +16,11 @@ class BrokenSequence(Sequence):
 
     steps = 0
 
-    def on_step(self, logits: torch.Tensor, hidden: torch.Tensor) -> StepDecision:
+    def choose(self, hidden: torch.Tensor) -> int:
         self.steps += 1
         if self.steps == 3:
             raise RuntimeError("boom")
-        return super().on_step(logits, hidden)
+        return super().choose(hidden)
 
 
 def make(cls: type[Sequence], rid: str, tokenizer: PreTrainedTokenizerFast) -> Sequence:

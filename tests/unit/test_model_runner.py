@@ -42,7 +42,7 @@ def test_batched_slot_decoding_equals_single_sequence_greedy(tiny_llama: LlamaFo
             generated[row].append(token)
         step = runner.tree_step(slots, [[t] for t in next_tokens])
         runner.commit(slots, [0] * len(slots))
-        next_tokens = [int(step.logits[row, 0].argmax()) for row in range(len(slots))]
+        next_tokens = [int(runner.logits(step.final[row, 0]).argmax()) for row in range(len(slots))]
     for prompt, tokens in zip(PROMPTS, generated, strict=True):
         assert tokens == greedy_reference(tiny_llama, prompt, 8)
 
@@ -58,9 +58,9 @@ def test_requests_join_and_leave_between_steps(tiny_llama: LlamaForCausalLM) -> 
     step = runner.tree_step([0, 1], [[9], [token_b]])
     runner.commit([0, 1], [0, 0])
     expected, _ = full_forward(tiny_llama, [*PROMPTS[1], token_b])
-    torch.testing.assert_close(step.logits[1, 0], expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(runner.logits(step.final[1, 0]), expected, atol=1e-4, rtol=1e-4)
     expected_a, _ = full_forward(tiny_llama, [*PROMPTS[0], token_a, 9])
-    torch.testing.assert_close(step.logits[0, 0], expected_a, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(runner.logits(step.final[0, 0]), expected_a, atol=1e-4, rtol=1e-4)
 
 
 def test_tree_step_candidates_match_separate_full_forwards(tiny_llama: LlamaForCausalLM) -> None:
@@ -72,7 +72,9 @@ def test_tree_step_candidates_match_separate_full_forwards(tiny_llama: LlamaForC
     for row, (prompt, cands) in enumerate(zip([PROMPTS[0], PROMPTS[2]], candidates, strict=True)):
         for i, token in enumerate(cands):
             logits, hidden = full_forward(tiny_llama, [*prompt, token])
-            torch.testing.assert_close(step.logits[row, i], logits, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(
+                runner.logits(step.final[row, i]), logits, atol=1e-4, rtol=1e-4
+            )
             torch.testing.assert_close(step.hidden[row, i], hidden, atol=1e-4, rtol=1e-4)
 
 
@@ -83,7 +85,7 @@ def test_commit_keeps_the_chosen_candidate(tiny_llama: LlamaForCausalLM) -> None
     runner.commit([0], [2])
     step = runner.tree_step([0], [[20]])
     expected, _ = full_forward(tiny_llama, [*PROMPTS[0], 13, 20])
-    torch.testing.assert_close(step.logits[0, 0], expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(runner.logits(step.final[0, 0]), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_rollback_and_slot_reuse(tiny_llama: LlamaForCausalLM) -> None:
@@ -95,7 +97,7 @@ def test_rollback_and_slot_reuse(tiny_llama: LlamaForCausalLM) -> None:
     runner.truncate(0, len(PROMPTS[0]) + 1)
     step = runner.tree_step([0], [[44]])
     expected, _ = full_forward(tiny_llama, [*PROMPTS[0], 30, 44])
-    torch.testing.assert_close(step.logits[0, 0], expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(runner.logits(step.final[0, 0]), expected, atol=1e-4, rtol=1e-4)
     runner.truncate(0, 0)
     reused = runner.extend([0], [PROMPTS[3]])
     expected, _ = full_forward(tiny_llama, PROMPTS[3])
