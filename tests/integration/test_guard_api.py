@@ -1,0 +1,286 @@
+"""Guarded generation over the OpenAI API: switching it on and off, reports, abstention, streams."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import openai
+import pytest
+from live_server import MODEL, Server, user
+from openai.types.chat import ChatCompletion
+
+pytestmark = pytest.mark.integration
+
+QUESTION = user("What is the capital of France? Answer in one sentence.")
+GROUNDED = user(
+    "Acme reported revenue of $12.4 billion in 2024. Jane Park is the CEO. Who is the CEO of Acme?"
+)
+# Segment weights alpha, beta, gamma and thresholds at their documented defaults (REFERENCE.md).
+WEIGHTS = (0.5, 0.3, 0.2)
+TAU_LOW, TAU_HIGH = 0.55, 0.75
+REFUSE = {"tau_global": 1.0, "m_max": 0, "on_failure": "refuse"}
+TRUNCATE = {"tau_low": 0.99, "tau_high": 0.99, "n_max": 0, "on_failure": "truncate"}
+MARKER = "Unsure from here"
+SEGMENT_KEYS = {
+    "text",
+    "token_score",
+    "consistency",
+    "alignment",
+    "evidence",
+    "total",
+    "status",
+    "refinements",
+}
+
+
+def ask(
+    server: Server,
+    guard: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    messages: list[dict[str, str]] = QUESTION,
+    **kwargs: Any,
+) -> ChatCompletion:
+    """One non-streaming chat completion through the openai client."""
+    extra_body = {"guard": guard} if guard is not None else None
+    kwargs.setdefault("max_tokens", 32)
+    return server.openai().chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        temperature=0,
+        extra_body=extra_body,
+        extra_headers=headers,
+        **kwargs,
+    )
+
+
+def reports(completion: ChatCompletion) -> list[dict[str, Any]] | None:
+    """The `guard` list beside `choices`, or None for a plain answer."""
+    return (completion.model_extra or {}).get("guard")
+
+
+def kept_text(report: dict[str, Any]) -> str:
+    """The text of the segments that made it into the answer."""
+    return "".join(s["text"] for s in report["segments"] if s["status"] != "discarded")
+
+
+def check_report(report: dict[str, Any]) -> None:
+    """A report's shape, and the relations between its numbers that Eq. 12 and 17 fix."""
+    assert report["mode"] == "guard"
+    assert report["outcome"] in ("answered", "truncated", "refused")
+    assert report["chains"] == 1
+    assert isinstance(report["low_confidence_tokens"], int)
+    assert report["low_confidence_tokens"] >= 0
+    assert set(report["timings"]) == {"token_s", "segment_s", "refinement_s", "global_s"}
+    assert all(value >= 0 for value in report["timings"].values())
+    assert report["timings"]["token_s"] > 0
+    assert report["segments"]
+    alpha, beta, gamma = WEIGHTS
+    for segment in report["segments"]:
+        assert set(segment) == SEGMENT_KEYS
+        assert segment["status"] in ("accepted", "refined", "discarded")
+        assert segment["text"]
+        assert (segment["status"] == "refined") == (
+            segment["status"] != "discarded" and segment["refinements"] > 0
+        )
+        parts = (segment["token_score"], segment["consistency"], segment["alignment"])
+        assert all(math.isfinite(p) for p in parts)
+        expected = alpha * parts[0] + beta * parts[1] + gamma * parts[2]
+        assert segment["total"] == pytest.approx(expected, abs=1e-4)
+    if report["outcome"] == "answered":
+        assert "reason" not in report or report["reason"] is None
+        check = report["global"]
+        f_fact, f_logic = check["f_fact"], check["f_logic"]
+        assert check["f_global"] == pytest.approx(
+            f_fact * f_logic / (f_fact + f_logic - f_fact * f_logic), abs=1e-4
+        )
+        assert check["iterations"] >= 0
+        if check["iterations"] == 0:
+            assert (check["tau_low"], check["tau_high"]) == (TAU_LOW, TAU_HIGH)
+            kept = [s for s in report["segments"] if s["status"] != "discarded"]
+            assert all(s["total"] >= TAU_HIGH for s in kept)
+    else:
+        assert report["reason"]
+
+
+def test_guard_on_and_off_per_request(server: Server) -> None:
+    guarded = ask(server, guard={"enabled": True})
+    found = reports(guarded)
+    assert found is not None
+    assert len(found) == 1
+    check_report(found[0])
+    content = guarded.choices[0].message.content
+    assert content
+    if found[0]["outcome"] == "answered":
+        assert content == kept_text(found[0])
+    usage = guarded.usage
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert usage.completion_tokens >= 1
+    assert reports(ask(server, guard={"enabled": False})) is None
+    assert reports(ask(server)) is None
+
+
+def test_guard_report_per_choice(torch_server: Server) -> None:
+    completion = ask(torch_server, guard={"enabled": True}, n=2, max_tokens=24)
+    found = reports(completion)
+    assert found is not None
+    assert len(found) == 2
+    assert sorted(c.index for c in completion.choices) == [0, 1]
+    for report in found:
+        check_report(report)
+
+
+def test_x_guard_header(torch_server: Server) -> None:
+    on = reports(ask(torch_server, headers={"X-Guard": "on"}))
+    assert on is not None
+    check_report(on[0])
+    assert reports(ask(torch_server, headers={"X-Guard": "off"})) is None
+    body_wins = ask(torch_server, guard={"enabled": False}, headers={"X-Guard": "on"})
+    assert reports(body_wins) is None
+
+
+def test_guard_default_on_server(guard_default_server: Server) -> None:
+    default = reports(ask(guard_default_server))
+    assert default is not None
+    check_report(default[0])
+    assert reports(ask(guard_default_server, headers={"X-Guard": "off"})) is None
+    assert reports(ask(guard_default_server, guard={"enabled": False})) is None
+    overridden = reports(ask(guard_default_server, guard=TRUNCATE))
+    assert overridden is not None
+    assert overridden[0]["outcome"] == "truncated"
+
+
+def test_refuse_path(torch_server: Server) -> None:
+    message = "No reliable answer here."
+    completion = ask(
+        torch_server,
+        guard={"enabled": True, **REFUSE, "refusal_message": message},
+        messages=GROUNDED,
+        max_tokens=40,
+    )
+    report = reports(completion)[0]
+    check_report(report)
+    assert report["outcome"] == "refused"
+    assert completion.choices[0].message.content == message
+    assert completion.choices[0].finish_reason in ("stop", "length")
+    if report.get("global") is not None:
+        assert report["global"]["f_global"] < 1.0
+        assert report["global"]["iterations"] == 0
+
+
+def test_truncate_path(torch_server: Server) -> None:
+    completion = ask(torch_server, guard={"enabled": True, **TRUNCATE}, messages=GROUNDED)
+    report = reports(completion)[0]
+    check_report(report)
+    assert report["outcome"] == "truncated"
+    assert report["segments"][0]["status"] == "discarded"
+    assert report["segments"][0]["total"] < TRUNCATE["tau_low"]
+    assert completion.choices[0].message.content.endswith(MARKER)
+
+
+@pytest.mark.parametrize(
+    ("guard", "header", "param"),
+    [
+        ({"enabled": True, "tau_low": 1.5}, None, "guard.tau_low"),
+        ({"enabled": True, "num_candidates": 0}, None, "guard.num_candidates"),
+        ({"enabled": True, "on_failure": "shrug"}, None, "guard.on_failure"),
+        ({"enabled": True, "no_such_knob": 1}, None, "guard.no_such_knob"),
+        ({"enabled": True, "tau_low": 0.9, "tau_high": 0.6}, None, "guard"),
+        (None, "maybe", "X-Guard"),
+    ],
+    ids=["out_of_range", "too_few_candidates", "bad_literal", "unknown", "inverted", "header"],
+)
+def test_invalid_guard_setting_is_rejected(
+    torch_server: Server, guard: dict[str, Any] | None, header: str | None, param: str
+) -> None:
+    headers = {"X-Guard": header} if header else None
+    with pytest.raises(openai.BadRequestError) as error:
+        ask(torch_server, guard=guard, headers=headers)
+    assert error.value.status_code == 400
+    assert error.value.param == param
+    assert param in error.value.message
+    body = error.value.body
+    assert isinstance(body, dict)
+    assert set(body) == {"message", "type", "param", "code"}
+
+
+def stream_guarded(server: Server, guard: dict[str, Any]) -> list[Any]:
+    """All chunks of one guarded streaming request."""
+    stream = server.openai().chat.completions.create(
+        model=MODEL,
+        messages=GROUNDED,
+        max_tokens=32,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"guard": guard},
+    )
+    return list(stream)
+
+
+def test_streaming_guarded_sends_accepted_segments_then_report(torch_server: Server) -> None:
+    guard = {"enabled": True, "sampling_temperature": 0}
+    chunks = stream_guarded(torch_server, guard)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    with_choices = [c for c in chunks if c.choices]
+    final = with_choices[-1]
+    assert final.choices[0].finish_reason in ("stop", "length")
+    report = (final.model_extra or {}).get("guard")
+    assert isinstance(report, dict)
+    check_report(report)
+    for chunk in with_choices[:-1]:
+        assert chunk.choices[0].finish_reason is None
+        assert (chunk.model_extra or {}).get("guard") is None
+    content = "".join(c.choices[0].delta.content or "" for c in with_choices)
+    pieces = [c.choices[0].delta.content for c in with_choices[:-1] if c.choices[0].delta.content]
+    if report["outcome"] == "answered":
+        assert content == kept_text(report)
+        kept = [s["text"] for s in report["segments"] if s["status"] != "discarded"]
+        assert len(pieces) <= len(kept)
+        whole = ask(torch_server, guard=guard, messages=GROUNDED, max_tokens=32)
+        assert whole.choices[0].message.content == content
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens >= 1
+
+
+def test_streaming_guarded_truncation(torch_server: Server) -> None:
+    chunks = stream_guarded(torch_server, {"enabled": True, **TRUNCATE})
+    with_choices = [c for c in chunks if c.choices]
+    content = "".join(c.choices[0].delta.content or "" for c in with_choices)
+    assert content.endswith(MARKER)
+    report = (with_choices[-1].model_extra or {}).get("guard")
+    assert report["outcome"] == "truncated"
+    assert report["segments"][0]["status"] == "discarded"
+
+
+def test_guarded_and_plain_requests_concurrently(server: Server) -> None:
+    async def run_all() -> list[ChatCompletion]:
+        client = server.async_openai()
+
+        def one(guarded: bool, index: int) -> Any:
+            return client.chat.completions.create(
+                model=MODEL,
+                messages=user(f"Name {index + 2} colours of the rainbow."),
+                max_tokens=16,
+                temperature=0,
+                extra_body={"guard": {"enabled": guarded}},
+            )
+
+        try:
+            calls = [one(True, i) for i in range(3)] + [one(False, i) for i in range(3)]
+            return list(await asyncio.gather(*calls))
+        finally:
+            await client.close()
+
+    results = asyncio.run(run_all())
+    for position, completion in enumerate(results):
+        guarded = position < 3
+        assert completion.choices[0].message.content
+        assert completion.choices[0].finish_reason in ("stop", "length")
+        found = reports(completion)
+        if guarded:
+            assert found is not None
+            check_report(found[0])
+        else:
+            assert found is None

@@ -1,0 +1,107 @@
+"""GET /metrics: guardserve_* families move with the requests served, vLLM adds vllm:*."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from live_server import MODEL, Server, parse_metrics, user
+
+pytestmark = pytest.mark.integration
+
+# Metric name -> Prometheus type, as announced by the `# TYPE` lines of the exposition.
+REQUIRED = {
+    "guardserve_request_latency_seconds": "histogram",
+    "guardserve_time_to_first_token_seconds": "histogram",
+    "guardserve_generated_tokens_total": "counter",
+    "guardserve_prompt_tokens_total": "counter",
+    "guardserve_requests_running": "gauge",
+    "guardserve_requests_waiting": "gauge",
+    "guardserve_batch_size": "histogram",
+    "process_resident_memory_bytes": "gauge",
+}
+
+
+def total(samples: dict[str, float], name: str, *labels: str) -> float:
+    """Sum of the samples of `name` whose labels include every `key="value"` given."""
+    return sum(
+        value
+        for key, value in samples.items()
+        if key.startswith(name + "{") and all(label in key for label in labels)
+    )
+
+
+def names(samples: dict[str, float]) -> set[str]:
+    """Sample names without labels."""
+    return {key.split("{", 1)[0] for key in samples}
+
+
+def test_metrics_follow_plain_requests(server: Server) -> None:
+    before = server.metrics()
+    client = server.openai()
+    completion = client.chat.completions.create(
+        model=MODEL, messages=user("Name three fruits."), max_tokens=16, temperature=0
+    )
+    streamed = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=user("Name three fruits."),
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    after = parse_metrics(text)
+    missing = [name for name, kind in REQUIRED.items() if f"# TYPE {name} {kind}\n" not in text]
+    assert not missing, missing
+    plain = 'mode="plain"'
+    usage = [completion.usage, streamed[-1].usage]
+    generated = sum(u.completion_tokens for u in usage)
+    prompt = sum(u.prompt_tokens for u in usage)
+
+    def grew(name: str, *labels: str) -> float:
+        return total(after, name, *labels) - total(before, name, *labels)
+
+    assert grew("guardserve_generated_tokens_total", plain) == generated
+    assert grew("guardserve_prompt_tokens_total", plain) == prompt
+    assert grew("guardserve_request_latency_seconds_count", plain, 'outcome="ok"') == 2
+    assert grew("guardserve_request_latency_seconds_sum", plain) > 0
+    assert grew("guardserve_time_to_first_token_seconds_count", plain) == 2
+    ttft = grew("guardserve_time_to_first_token_seconds_sum", plain)
+    latency = grew("guardserve_request_latency_seconds_sum", plain)
+    assert 0 < ttft <= latency
+    assert total(after, "guardserve_requests_running") == 0
+    assert after["process_resident_memory_bytes{}"] > 50 * 2**20
+    if server.engine == "torch":
+        assert grew("guardserve_batch_size_count", 'engine="torch') > 0
+    else:
+        assert any(name.startswith("vllm:") for name in names(after))
+
+
+def test_metrics_follow_guarded_requests(torch_server: Server) -> None:
+    before = torch_server.metrics()
+    completion = torch_server.openai().chat.completions.create(
+        model=MODEL,
+        messages=user("Name three fruits."),
+        max_tokens=16,
+        temperature=0,
+        extra_body={"guard": {"enabled": True}},
+    )
+    after = torch_server.metrics()
+    guard = 'mode="guard"'
+    generated = total(after, "guardserve_generated_tokens_total", guard) - total(
+        before, "guardserve_generated_tokens_total", guard
+    )
+    assert generated == completion.usage.completion_tokens
+    requests = total(after, "guardserve_request_latency_seconds_count", guard) - total(
+        before, "guardserve_request_latency_seconds_count", guard
+    )
+    assert requests == 1
+
+
+def test_metrics_stay_open_and_parse(torch_server: Server) -> None:
+    response = httpx.get(f"{torch_server.base_url}/metrics", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert parse_metrics(response.text)
