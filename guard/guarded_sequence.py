@@ -163,7 +163,7 @@ class GuardedSequence(Sequence):
         self._next = self._shortlist(logits)
         self.report.timings.token_s += time.perf_counter() - self._step_started
         last = self._segment.tokens[-1].token if self._segment.tokens else None
-        final = self._ended or self._out_of_room()
+        final = self._ended or self._out_of_room() or self._hit_stop_string()
         if final or (last is not None and self._at_boundary(last)):
             keep = self._close_segment(final=final)
             return -1 if keep is None else keep
@@ -370,6 +370,13 @@ class GuardedSequence(Sequence):
             before = self.tokenizer.decode([self._segment.tokens[-2].token])
             return not before[-1:].isdigit()
         return True
+
+    def _hit_stop_string(self) -> bool:
+        """Whether the open segment contains a stop string (the release cuts the text there)."""
+        if not self.params.stop or not self._segment.tokens:
+            return False
+        text = self.tokenizer.decode([t.token for t in self._segment.tokens])
+        return any(stop in text for stop in self.params.stop)
 
     def _out_of_room(self) -> bool:
         used = self._chain_tokens() + len(self._segment.tokens)

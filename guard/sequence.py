@@ -54,6 +54,7 @@ class Sequence:
         self.status = Status.WAITING
         self.slot = -1
         self.output_ids: list[int] = []
+        self.generated = 0
         self.finish_reason: FinishReason | None = None
         self.detokenizer = IncrementalDetokenizer(tokenizer, params.stop)
         self.tokenizer = tokenizer
@@ -102,7 +103,7 @@ class Sequence:
         if not self._unsent and not self.finished:
             return None
         text, self._unsent = self._unsent, ""
-        return SequenceOutput(text, len(self.output_ids), self.finish_reason)
+        return SequenceOutput(text, self.generated, self.finish_reason)
 
     def finish(self, reason: FinishReason) -> None:
         """End generation, releasing any held-back text."""
@@ -111,7 +112,11 @@ class Sequence:
         self.status = Status.FINISHED
 
     def _accept(self, token: int) -> None:
-        """Append a token to the output and end the sequence where a stop condition holds."""
+        """Append a token to the output and end the sequence where a stop condition holds.
+
+        Every sampled token counts as generated, an end-of-sequence token included (as in vLLM).
+        """
+        self.generated += 1
         if token in self.eos_token_ids and not self.params.ignore_eos:
             self.finish("stop")
             return

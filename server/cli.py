@@ -23,7 +23,7 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-queue", type=int, default=256)
     serve.add_argument("--tensor-parallel-size", type=int, default=1)
     serve.add_argument("--data-parallel-size", type=int, default=1)
-    serve.add_argument("--gpu-memory-utilization", type=float, default=0.3)
+    serve.add_argument("--gpu-memory-utilization", type=float, default=0.1)
     serve.add_argument("--plain-engine", choices=["vllm", "torch", "auto"], default="auto")
     serve.add_argument("--guard-default", choices=["on", "off"], default="off")
     serve.add_argument("--device", default="auto")

@@ -20,7 +20,9 @@ class ServerConfig(BaseModel):
     max_queue: int = Field(256, ge=0, description="Requests allowed to wait beyond max_num_seqs.")
     tensor_parallel_size: int = Field(1, ge=1)
     data_parallel_size: int = Field(1, ge=1)
-    gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
+    gpu_memory_utilization: float = Field(
+        0.1, gt=0.0, le=1.0, description="vLLM's KV-cache share of GPU memory (on CPU: of RAM)."
+    )
     plain_engine: Literal["vllm", "torch", "auto"] = "auto"
     guard_default: Literal["on", "off"] = "off"
     device: str = Field("auto", description="Torch runner device: auto, cpu, cuda:N.")
