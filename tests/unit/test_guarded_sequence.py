@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from guard.config import GuardConfig
+from guard.detokenizer import IncrementalDetokenizer
 from guard.engine import LLMEngine
 from guard.guarded_sequence import GuardedSequence
 from guard.model_runner import ModelRunner
@@ -186,3 +189,20 @@ def test_chosen_token_is_the_best_scoring_candidate(
     record = seq._segment.tokens[0]
     assert record.token in record.options.ids[:candidates]
     assert torch.isfinite(torch.tensor(record.score))
+
+
+def test_stop_string_ends_guarded_decoding(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    loose = dict(tau_low=0.0, tau_high=0.0, tau_global=0.0)
+    free = guarded(make_engine(tiny_llama), tiny_tokenizer, "free", max_tokens=30, **loose)
+    full = text_of(run(make_engine(tiny_llama), [free])["free"])
+    words = full.split()
+    stop = words[len(words) // 2]
+    engine = make_engine(tiny_llama)
+    seq = guarded(engine, tiny_tokenizer, "stop", max_tokens=30, on_failure="truncate", **loose)
+    seq.params = replace(seq.params, stop=(stop,))
+    seq.detokenizer = IncrementalDetokenizer(tiny_tokenizer, (stop,))
+    text = text_of(run(engine, [seq])["stop"])
+    assert text.removesuffix(" Unsure from here") == full[: full.index(stop)]
+    assert seq.decoded_tokens < free.decoded_tokens
