@@ -65,6 +65,14 @@ class GuardConfig(BaseModel):
         description="Apply the 1/K printed in Eq. 14 to F_fact. Off by default, as in the "
         "public reference code: with it F_fact shrinks with the number of segments.",
     )
+    use_evidence: bool = Field(
+        True,
+        description="E_k of Eq. 14 from the claim verifier against the conversation "
+        "(share of the segment's claims it supports); off: E_k = 1.",
+    )
+    include_claims: bool = Field(
+        False, description="Add the answer's claims and their verdicts to the report."
+    )
     on_failure: Literal["refuse", "truncate"] = Field(
         "refuse",
         description="On a failed check: refuse outright, or keep the accepted prefix "

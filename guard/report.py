@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from guard.verifier import ClaimVerdict
+
 SegmentStatus = Literal["accepted", "refined", "discarded"]
 Outcome = Literal["answered", "truncated", "refused"]
 
@@ -54,6 +56,12 @@ class GuardReport(BaseModel):
     segments: list[SegmentReport] = Field(default_factory=list)
     global_check: GlobalReport | None = Field(default=None, alias="global")
     timings: StageTimings = Field(default_factory=StageTimings)
+    claims: list[ClaimVerdict] | None = Field(
+        default=None, description="The answer's claims checked against the conversation."
+    )
+    hallucinated: bool | None = Field(
+        default=None, description="Whether any claim of the answer is unsupported."
+    )
     chains: int = 1
     chain_scores: list[float | None] = Field(
         default_factory=list, description="F_global per sampled chain (None: chain failed)."

@@ -23,6 +23,7 @@ from server.limits import BodySizeLimit
 from server.model_store import DEFAULT_MODEL, resolve_model
 from server.protocol import ChatCompletionRequest, ModelCard, ModelList
 from server.serving import ChatService
+from server.verification import ClaimChecker
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ async def _load(state: ServerState, builder: EngineBuilder) -> None:
     try:
         state.model_path = await asyncio.to_thread(resolve_model, config.model, config.cache_dir)
         state.engines = await asyncio.to_thread(builder, state.model_path, config)
+        checker = ClaimChecker()
+        await asyncio.to_thread(checker.warm_up)
     except Exception as exc:
         logger.exception("model load failed")
         state.load_error = f"{type(exc).__name__}: {exc}"
@@ -69,6 +72,7 @@ async def _load(state: ServerState, builder: EngineBuilder) -> None:
         served_model_names=state.names,
         max_model_len=config.max_model_len,
         guard_default=GuardConfig(enabled=config.guard_default == "on"),
+        checker=checker,
     )
     logger.info("ready: serving %s from %s", state.names, state.model_path)
 

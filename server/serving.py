@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from contextlib import aclosing
+from dataclasses import dataclass, field, replace
 
 from pydantic import ValidationError
 from transformers import PreTrainedTokenizerBase
@@ -15,7 +17,7 @@ from guard.config import GuardConfig
 from guard.report import GuardReport
 from guard.sampling import SamplingParams
 from server import metrics
-from server.engines.base import Engine, EngineError, GenerationChunk
+from server.engines.base import Engine, EngineError, GenerationChunk, GuardRun
 from server.errors import invalid_request, model_not_found
 from server.protocol import (
     AssistantMessage,
@@ -28,6 +30,7 @@ from server.protocol import (
     Usage,
     completion_id,
 )
+from server.verification import ClaimChecker, conversation_context
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Prepared:
     params: list[SamplingParams]
     guard: GuardConfig | None
     mode: str
+    context: str
     arrival: float = field(default_factory=time.perf_counter)
 
 
@@ -86,6 +90,7 @@ class ChatService:
         served_model_names: list[str],
         max_model_len: int,
         guard_default: GuardConfig,
+        checker: ClaimChecker,
     ) -> None:
         self.tokenizer = tokenizer
         self.plain_engine = plain_engine
@@ -93,6 +98,7 @@ class ChatService:
         self.served_model_names = served_model_names
         self.max_model_len = max_model_len
         self.guard_default = guard_default
+        self.checker = checker
 
     def prepare(self, request: ChatCompletionRequest, guard_header: str | None) -> Prepared:
         """Validate a request against the model and limits; raise APIError on bad input."""
@@ -130,7 +136,8 @@ class ChatService:
             for index in range(request.n)
         ]
         mode = "plain" if guard is None else guard.mode
-        return Prepared(request, prompt_ids, params, guard, mode)
+        context = conversation_context(request.messages)
+        return Prepared(request, prompt_ids, params, guard, mode, context)
 
     def _prompt_ids(self, request: ChatCompletionRequest) -> list[int]:
         messages = [{"role": m.role, "content": m.text()} for m in request.messages]
@@ -145,13 +152,41 @@ class ChatService:
     def _engine(self, prepared: Prepared) -> Engine:
         return self.guard_engine if prepared.mode == "guard" else self.plain_engine
 
+    def _guard_run(self, prepared: Prepared) -> GuardRun | None:
+        config = prepared.guard
+        if config is None or config.mode != "guard":
+            return None
+        evidence = None
+        if config.use_evidence:
+            evidence = functools.partial(self.checker.evidence, context=prepared.context)
+        return GuardRun(config, stream=prepared.request.stream, evidence=evidence)
+
     def _generations(self, prepared: Prepared, rid: str) -> list[AsyncIterator[GenerationChunk]]:
         engine = self._engine(prepared)
-        stream = prepared.request.stream
-        return [
-            engine.generate(f"{rid}-{i}", prepared.prompt_ids, params, prepared.guard, stream)
+        run = self._guard_run(prepared)
+        streams = [
+            engine.generate(f"{rid}-{i}", prepared.prompt_ids, params, run)
             for i, params in enumerate(prepared.params)
         ]
+        config = prepared.guard
+        if config is not None and (config.mode == "verify" or config.include_claims):
+            return [self._with_claims(stream, prepared.context) for stream in streams]
+        return streams
+
+    async def _with_claims(
+        self, stream: AsyncIterator[GenerationChunk], context: str
+    ) -> AsyncIterator[GenerationChunk]:
+        """Relay chunks; the final one gets the answer's claims and verdicts in its report."""
+        text = ""
+        async with aclosing(stream) as chunks:
+            async for chunk in chunks:
+                text += chunk.text
+                if chunk.finish_reason is not None:
+                    report = await asyncio.to_thread(
+                        self.checker.annotate, chunk.report, text, context
+                    )
+                    chunk = replace(chunk, report=report)
+                yield chunk
 
     async def complete(self, prepared: Prepared) -> ChatCompletion:
         """Run all choices to the end and build the non-streaming response."""

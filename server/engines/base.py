@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from guard.config import GuardConfig
 from guard.report import GuardReport
 from guard.sampling import SamplingParams
+
+
+@dataclass(frozen=True)
+class GuardRun:
+    """What a guarded generation needs beyond sampling.
+
+    `stream`: the client reads text as it comes, so accepted segments are released at once
+    instead of after the global check. `evidence`: E_k of a segment's text (Eq. 14), from the
+    claim verifier against the conversation; None means E_k = 1.
+    """
+
+    config: GuardConfig
+    stream: bool = False
+    evidence: Callable[[str], float] | None = None
 
 
 @dataclass(frozen=True)
@@ -35,14 +49,9 @@ class Engine(Protocol):
         request_id: str,
         prompt_ids: list[int],
         params: SamplingParams,
-        guard: GuardConfig | None = None,
-        stream: bool = False,
+        guard: GuardRun | None = None,
     ) -> AsyncIterator[GenerationChunk]:
-        """Stream chunks until the generation finishes; closing the iterator aborts it.
-
-        `stream` tells guarded generation that the client reads text as it comes, so accepted
-        segments are released at once instead of after the global check.
-        """
+        """Stream chunks until the generation finishes; closing the iterator aborts it."""
         ...
 
     def pending(self) -> tuple[int, int]:

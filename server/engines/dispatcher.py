@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-from guard.config import GuardConfig
 from guard.sampling import SamplingParams
-from server.engines.base import Engine, GenerationChunk
+from server.engines.base import Engine, GenerationChunk, GuardRun
 
 
 class LeastLoadedDispatcher:
@@ -32,11 +31,10 @@ class LeastLoadedDispatcher:
         request_id: str,
         prompt_ids: list[int],
         params: SamplingParams,
-        guard: GuardConfig | None = None,
-        stream: bool = False,
+        guard: GuardRun | None = None,
     ) -> AsyncIterator[GenerationChunk]:
         """Run the request on the least-loaded engine."""
-        return self.pick().generate(request_id, prompt_ids, params, guard, stream)
+        return self.pick().generate(request_id, prompt_ids, params, guard)
 
     async def shutdown(self) -> None:
         """Shut every engine down."""

@@ -14,14 +14,13 @@ from dataclasses import dataclass, replace
 from transformers import PreTrainedTokenizerBase
 
 from guard.chains import choose_chain
-from guard.config import GuardConfig
 from guard.engine import LLMEngine
 from guard.guarded_sequence import GuardedSequence
 from guard.model_runner import ModelRunner
 from guard.sampling import SamplingParams
 from guard.sequence import Sequence, SequenceOutput
 from server import metrics
-from server.engines.base import EngineError, GenerationChunk
+from server.engines.base import EngineError, GenerationChunk, GuardRun
 
 logger = logging.getLogger(__name__)
 
@@ -67,35 +66,33 @@ class TorchEngine:
         request_id: str,
         prompt_ids: list[int],
         params: SamplingParams,
-        guard: GuardConfig | None = None,
-        stream: bool = False,
+        guard: GuardRun | None = None,
     ) -> AsyncIterator[GenerationChunk]:
         """Stream a sequence's output; leaving early aborts it and frees its slot."""
-        if guard is not None and guard.mode == "guard" and guard.chains > 1:
+        if guard is not None and guard.config.mode == "guard" and guard.config.chains > 1:
             yield await self._best_chain(request_id, prompt_ids, params, guard)
             return
-        async for chunk in self._run(
-            self._make_sequence(request_id, prompt_ids, params, guard, stream)
-        ):
+        async for chunk in self._run(self._make_sequence(request_id, prompt_ids, params, guard)):
             yield chunk
 
     async def _best_chain(
-        self, request_id: str, prompt_ids: list[int], params: SamplingParams, guard: GuardConfig
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams, guard: GuardRun
     ) -> GenerationChunk:
-        """Decode `guard.chains` chains side by side; answer with the best representative."""
+        """Decode `chains` chains side by side; answer with the best representative."""
+        config = guard.config
         seed = params.seed if params.seed is not None else random.randrange(2**31)
+        held = replace(guard, stream=False)
         runs = [
             self._collect(
                 self._make_sequence(
                     f"{request_id}/chain{c}",
                     prompt_ids,
                     replace(params, seed=seed + c),
-                    guard,
-                    stream=False,
+                    held,
                     explore=c > 0,
                 )
             )
-            for c in range(guard.chains)
+            for c in range(config.chains)
         ]
         results = await asyncio.gather(*runs)
         scores = [
@@ -104,9 +101,9 @@ class TorchEngine:
             else None
             for r in results
         ]
-        best = choose_chain([r.text for r in results], scores, guard.clusters, seed)
+        best = choose_chain([r.text for r in results], scores, config.clusters, seed)
         chosen = results[best]
-        report = chosen.report.model_copy(update={"chains": guard.chains, "chain_scores": scores})
+        report = chosen.report.model_copy(update={"chains": config.chains, "chain_scores": scores})
         tokens = sum(r.completion_tokens for r in results)
         return GenerationChunk(chosen.text, tokens, chosen.finish_reason, report)
 
@@ -151,18 +148,18 @@ class TorchEngine:
         request_id: str,
         prompt_ids: list[int],
         params: SamplingParams,
-        guard: GuardConfig | None,
-        stream: bool,
+        guard: GuardRun | None,
         explore: bool = False,
     ) -> Sequence:
         args = (request_id, prompt_ids, params, self.tokenizer, self.eos_token_ids)
-        if guard is not None and guard.mode == "guard":
+        if guard is not None and guard.config.mode == "guard":
             return GuardedSequence(
                 *args,
                 self.runner.max_model_len,
-                guard,
+                guard.config,
                 self.runner.embed,
-                hold_until_checked=not stream,
+                evidence=guard.evidence,
+                hold_until_checked=not guard.stream,
                 explore=explore,
             )
         return Sequence(*args, self.runner.max_model_len)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from guard.config import GuardConfig
 from guard.sampling import SamplingParams
 from server import metrics
-from server.engines.base import EngineError, GenerationChunk
+from server.engines.base import EngineError, GenerationChunk, GuardRun
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -62,8 +61,7 @@ class VllmEngine:
         request_id: str,
         prompt_ids: list[int],
         params: SamplingParams,
-        guard: GuardConfig | None = None,
-        stream: bool = False,
+        guard: GuardRun | None = None,
     ) -> AsyncIterator[GenerationChunk]:
         """Stream deltas; closing the iterator early aborts the request inside vLLM."""
         from vllm import SamplingParams as VllmSamplingParams

@@ -1,0 +1,43 @@
+"""Claim checking in the server: verify mode reports and Token-Guard's evidence score E_k."""
+
+from __future__ import annotations
+
+import threading
+
+from guard.report import GuardReport
+from guard.verifier import Verification, Verifier
+from server.protocol import ChatMessage
+
+
+def conversation_context(messages: list[ChatMessage]) -> str:
+    """The reference an answer is checked against: every non-assistant message's text."""
+    return "\n".join(m.text() for m in messages if m.role != "assistant")
+
+
+class ClaimChecker:
+    """One verifier shared by the request handlers and the engine thread, one call at a time."""
+
+    def __init__(self, verifier: Verifier | None = None) -> None:
+        self._verifier = verifier or Verifier()
+        self._lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        """Load the NLP pipeline now rather than on the first request."""
+        self.verify("Paris is in France.", "Paris is in France.")
+
+    def verify(self, text: str, context: str) -> Verification:
+        """Verdicts on every claim of `text` against `context`."""
+        with self._lock:
+            return self._verifier.verify(text, context)
+
+    def evidence(self, text: str, context: str) -> float:
+        """E_k: the share of the segment's claims the context supports (1.0 without claims)."""
+        return self.verify(text, context).faithful_share
+
+    def annotate(self, report: GuardReport | None, text: str, context: str) -> GuardReport:
+        """The report (a verify-mode one if there is none) with the answer's claims added."""
+        verification = self.verify(text, context)
+        base = report or GuardReport(mode="verify")
+        return base.model_copy(
+            update={"claims": verification.verdicts, "hallucinated": verification.hallucinated}
+        )
