@@ -8,6 +8,7 @@ import os
 import sys
 
 from balto.cli import add_balto_parser
+from evals.cli import add_eval_parser
 from server.config import ServerConfig
 
 
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="guardserve")
     commands = parser.add_subparsers(dest="command", required=True)
     add_serve_parser(commands)
+    add_eval_parser(commands)
     add_balto_parser(commands)
     return parser
 

@@ -1,0 +1,145 @@
+"""`guardserve eval` (evaluate a running server over HTTP) and `guardserve eval plot`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from evals.datasets import HALUEVAL, load_items
+from evals.harness import EvalSettings, run_requests, score_responses
+from evals.report import RESPONSES, build_summary, plot_runs, read_records, write_run
+from guard.verifier import Verifier
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+
+
+def _default_api_key() -> str:
+    return os.environ.get("GUARDSERVE_API_KEY") or os.environ.get("OPENAI_API_KEY") or "unused"
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def add_eval_parser(commands: argparse._SubParsersAction) -> None:
+    """Register `eval` (run an evaluation) with its nested `plot` subcommand."""
+    parser = commands.add_parser(
+        "eval",
+        help="Evaluate a running OpenAI-compatible server (Faith., Info., Q-Score, EM/F1).",
+        description="Ask a running OpenAI-compatible server grounded questions over HTTP, verify "
+        "every answer's claims against its context, and write DIR/responses.jsonl and "
+        "DIR/summary.json. `eval plot RUN_DIR... --out PNG` draws runs side by side.",
+    )
+    parser.add_argument("--base-url", default=DEFAULT_BASE_URL, help="e.g. %(default)s")
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="default: $GUARDSERVE_API_KEY, $OPENAI_API_KEY, else 'unused'",
+    )
+    parser.add_argument("--model", default=None, help="default: first entry of GET /v1/models")
+    parser.add_argument(
+        "--dataset",
+        default=HALUEVAL,
+        help="'halueval' (development lines 1-8000 only) or a JSONL of {question, context, answer}",
+    )
+    parser.add_argument("--mode", choices=["plain", "guard", "verify"], default="plain")
+    parser.add_argument(
+        "--guard-options",
+        type=_json_object,
+        default={},
+        metavar="JSON",
+        help='extra guard settings for guard/verify mode, e.g. \'{"on_failure": "truncate"}\'',
+    )
+    parser.add_argument("--limit", type=int, default=None, help="items to run (default: all)")
+    parser.add_argument("--offset", type=int, default=0, help="items to skip first")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--timeout", type=float, default=600.0, help="per request, seconds")
+    parser.add_argument(
+        "--reference", type=Path, default=None, help="a previous run (typically plain) for Info."
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="run folder (default: runs/eval/MODE-TIMESTAMP)"
+    )
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.set_defaults(handler=run_eval)
+
+    nested = parser.add_subparsers(dest="eval_command", metavar="{plot}")
+    plot = nested.add_parser("plot", help="Plot faithfulness vs informativeness of runs.")
+    plot.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    plot.add_argument("--out", dest="plot_out", type=Path, required=True, metavar="PNG")
+    plot.set_defaults(handler=run_plot)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Run one evaluation and write its run folder; prints the summary."""
+    out_dir: Path = args.out or Path("runs/eval") / (
+        f"{args.mode}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    )
+    if (out_dir / RESPONSES).exists():
+        raise SystemExit(f"{out_dir} already holds a run; choose another --out")
+    try:
+        settings = EvalSettings(
+            base_url=args.base_url,
+            api_key=args.api_key or _default_api_key(),
+            model=args.model,
+            mode=args.mode,
+            guard_options=args.guard_options,
+            concurrency=args.concurrency,
+            seed=args.seed,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            timeout_s=args.timeout,
+        )
+        items = load_items(args.dataset, args.offset, args.limit)
+        reference = read_records(args.reference) if args.reference else None
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"guardserve eval: {exc}") from exc
+    verifier = Verifier()
+    run = asyncio.run(run_requests(settings, items, progress=args.progress))
+    records = score_responses(items, run.completions, verifier, progress=args.progress)
+    summary = build_summary(
+        records,
+        settings,
+        model=run.model,
+        dataset=args.dataset,
+        offset=args.offset,
+        limit=args.limit,
+        wall_s=run.wall_s,
+        reference=reference,
+        reference_dir=args.reference,
+    )
+    write_run(out_dir, records, summary)
+    print(summary.model_dump_json(indent=2))
+    print(f"wrote {out_dir}", file=sys.stderr)
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    """Draw the runs' faithfulness against informativeness into a PNG."""
+    plot_runs(args.runs, args.plot_out)
+    print(f"wrote {args.plot_out}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point: `python -m evals.cli eval ...` (guardserve wires the same)."""
+    parser = argparse.ArgumentParser(prog="python -m evals.cli")
+    add_eval_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
