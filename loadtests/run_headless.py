@@ -16,19 +16,16 @@ import csv
 import ipaddress
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel
+
+from server.launcher import ServerStartError, start_server, stop_server, wait_ready
 
 MODES = ("plain", "stream", "guard", "verify")
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
@@ -239,59 +236,14 @@ def write_summary(prefix: Path, run: dict[str, str | int | float | bool]) -> Loa
     return summary
 
 
-def _guardserve_executable() -> str:
-    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    found = shutil.which("guardserve", path=search)
-    if found is None:
-        raise SystemExit("the guardserve console script is not installed (pip install -e .)")
-    return found
-
-
-def start_server(args: argparse.Namespace, port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    """Starts `guardserve serve` on 127.0.0.1:port in its own process group."""
-    cmd = [_guardserve_executable(), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--plain-engine", args.plain_engine]
+def server_args(args: argparse.Namespace) -> list[str]:
+    """`guardserve serve` flags for --start-server."""
+    flags = ["--plain-engine", args.plain_engine]
     if args.model:
-        cmd += ["--model", args.model]
+        flags += ["--model", args.model]
     if args.guard_default:
-        cmd += ["--guard-default", args.guard_default]
-    cmd += args.server_arg
-    env = dict(os.environ)
-    if args.api_key:
-        env["GUARDSERVE_API_KEY"] = args.api_key
-    print(f"[run_headless] starting: {' '.join(cmd)} (log: {log_path})", flush=True)
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    """Polls GET /ready until it answers 200; fails if the server exits or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with code {proc.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"{url}/ready", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(1.0)
-    raise SystemExit(f"the server was not ready after {timeout_s:.0f} s")
-
-
-def stop_server(proc: subprocess.Popen[bytes], grace_s: float) -> None:
-    """SIGTERM (the server drains), then SIGKILL to its process group after grace_s."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        flags += ["--guard-default", args.guard_default]
+    return flags + args.server_arg
 
 
 def run_locust(args: argparse.Namespace, url: str, prefix: Path) -> int:
@@ -367,8 +319,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.start_server:
             port = urlsplit(url).port or args.port
-            proc = start_server(args, port, Path(f"{prefix}_server.log"))
-            wait_ready(url, proc, args.ready_timeout)
+            log = Path(f"{prefix}_server.log")
+            env = dict(os.environ)
+            if args.api_key:
+                env["GUARDSERVE_API_KEY"] = args.api_key
+            print(f"[run_headless] starting guardserve (log: {log})", flush=True)
+            proc = start_server(server_args(args), port, log, env)
+            try:
+                wait_ready(url, proc, log, args.ready_timeout)
+            except ServerStartError as exc:
+                raise SystemExit(str(exc)) from exc
         rc = run_locust(args, url, prefix)
     finally:
         if proc is not None:

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,18 +14,20 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from server.launcher import (
+    ServerStartError,
+    free_port,
+    log_tail,
+    start_server,
+    stop_server,
+    wait_ready,
+)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "smollm2-135m-instruct"
 MAX_MODEL_LEN = 512
 API_KEY = "test-key-4b1d"
 READY_TIMEOUT_S = 240.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -57,63 +54,28 @@ class Server:
 
     def start(self) -> None:
         """Launch the server in its own process group (vLLM adds an engine-core child)."""
-        command = [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--plain-engine",
-            self.engine,
-            "--max-model-len",
-            str(MAX_MODEL_LEN),
-            "--log-level",
-            "warning",
-            *self.flags,
-        ]
+        args = ["--plain-engine", self.engine, "--max-model-len", str(MAX_MODEL_LEN)]
+        args += ["--log-level", "warning", *self.flags]
         if self.api_key:
-            command += ["--api-key", self.api_key]
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+            args += ["--api-key", self.api_key]
+        self.process = start_server(args, self.port, self.log_path)
 
     def wait_ready(self) -> None:
         """Poll GET /ready until 200; fail with the log's tail if the process dies or stalls."""
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                pytest.fail(f"server {self.name} exited early:\n{self.log_tail()}")
-            try:
-                response = httpx.get(f"{self.base_url}/ready", timeout=2.0)
-            except httpx.TransportError:
-                response = None
-            if response is not None and response.status_code == 200:
-                return
-            if response is not None and response.json().get("status") == "failed":
-                pytest.fail(f"server {self.name} failed to load:\n{self.log_tail()}")
-            time.sleep(0.5)
-        pytest.fail(f"server {self.name} not ready in {READY_TIMEOUT_S} s:\n{self.log_tail()}")
+        assert self.process is not None
+        try:
+            wait_ready(self.base_url, self.process, self.log_path, READY_TIMEOUT_S)
+        except ServerStartError as exc:
+            pytest.fail(f"server {self.name}: {exc}")
 
     def stop(self) -> None:
-        """SIGTERM the server's process group, then SIGKILL whatever outlives a grace period."""
-        if self.process is None:
-            return
-        group = self.process.pid
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=20)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGKILL)
-        self.process.wait(timeout=10)
+        """SIGTERM the server, then SIGKILL its process group after a grace period."""
+        if self.process is not None:
+            stop_server(self.process, grace_s=20)
 
     def log_tail(self, lines: int = 40) -> str:
         """The end of the server's output, for failure messages."""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     def http(self, **kwargs: Any) -> httpx.Client:
         """A raw HTTP client bound to the server."""

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 TIGHT_FLAGS = [
     "--plain-engine", "torch", "--max-num-seqs", "1", "--max-queue", "0",
-    "--request-timeout", "3", "--max-body-bytes", "4096", "--max-model-len", "256",
+    "--request-timeout", "8", "--max-body-bytes", "4096", "--max-model-len", "512",
 ]  # fmt: skip
 
 
@@ -47,10 +47,12 @@ def tight_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
 def test_full_queue_answers_429_with_retry_after(tight_server: RunningServer) -> None:
     url = f"{tight_server.url}/v1/chat/completions"
     with httpx.Client(timeout=30) as client:
-        with client.stream("POST", url, json=chat(200, stream=True)) as busy:
-            next(busy.iter_lines())
+        with client.stream("POST", url, json=chat(400, stream=True)) as busy:
+            lines = busy.iter_lines()
+            next(lines)
             refused = client.post(url, json=chat(4))
-        assert refused.status_code == 429
+            busy_rest = list(lines)[-4:]
+        assert refused.status_code == 429, busy_rest
         assert refused.headers["retry-after"] == "1"
         assert refused.json()["error"]["code"] == "queue_full"
         time.sleep(0.5)
@@ -58,7 +60,7 @@ def test_full_queue_answers_429_with_retry_after(tight_server: RunningServer) ->
 
 
 def test_request_past_its_timeout_gets_504(tight_server: RunningServer) -> None:
-    response = httpx.post(f"{tight_server.url}/v1/chat/completions", json=chat(200), timeout=60)
+    response = httpx.post(f"{tight_server.url}/v1/chat/completions", json=chat(400), timeout=60)
     assert response.status_code == 504
     assert response.json()["error"]["code"] == "timeout"
 
@@ -67,7 +69,7 @@ def test_streamed_request_past_its_timeout_ends_with_an_error_event(
     tight_server: RunningServer,
 ) -> None:
     url = f"{tight_server.url}/v1/chat/completions"
-    with httpx.stream("POST", url, json=chat(200, stream=True), timeout=60) as response:
+    with httpx.stream("POST", url, json=chat(400, stream=True), timeout=60) as response:
         events = [line.removeprefix("data: ") for line in response.iter_lines() if line]
     assert events[-1] == "[DONE]"
     errors = [json.loads(e)["error"] for e in events[:-1] if "error" in json.loads(e)]
