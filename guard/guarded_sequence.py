@@ -284,16 +284,21 @@ class GuardedSequence(Sequence):
             self.finish(self._finish_reason())
             return None
         if self.hold_until_checked and self.iterations < self.config.m_max and not both_low:
-            return self._retry_chain(f_fact, f_logic)
+            thresholds = scoring.adjust_thresholds(
+                f_fact, f_logic, self.tau_low, self.tau_high, self.config.delta_tau
+            )
+            # Stage 2 under the new thresholds changes this chain only where a kept segment
+            # now falls short of tau_high; otherwise re-decoding would repeat it exactly.
+            if any(s.report.total < thresholds[1] for s in self.chain):
+                return self._retry_chain(*thresholds)
         self._fail("global_check_failed" if not both_low else "fact_and_logic_below_half")
         return None
 
-    def _retry_chain(self, f_fact: float, f_logic: float) -> int:
+    def _retry_chain(self, tau_low: float, tau_high: float) -> int:
         """Re-decode the chain from the prompt under adjusted segment thresholds (Eq. 18)."""
         self.iterations += 1
-        self.tau_low, self.tau_high = scoring.adjust_thresholds(
-            f_fact, f_logic, self.tau_low, self.tau_high, self.config.delta_tau
-        )
+        self.tau_low, self.tau_high = tau_low, tau_high
+        self.report.segments = []
         self.chain = []
         self._chain_mean = (self._h_x, 1)
         self._next = self._first_options

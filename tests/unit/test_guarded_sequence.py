@@ -99,16 +99,41 @@ def test_refinement_rolls_back_and_ends_in_discard_after_n_max(
     assert engine.runner.cache.lengths == [0, 0, 0, 0]
 
 
-def test_global_failure_refuses(
+def test_global_failure_refuses_without_redecoding_an_unchangeable_chain(
     tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
 ) -> None:
     engine = make_engine(tiny_llama)
-    seq = guarded(engine, tiny_tokenizer, "g", tau_low=0.0, tau_high=0.0, tau_global=1.0, m_max=1)
+    seq = guarded(
+        engine, tiny_tokenizer, "g", tau_low=0.0, tau_high=0.0, tau_global=1.0, delta_tau=0.0
+    )
     outputs = run(engine, [seq])["g"]
     report = outputs[-1].report
     assert report is not None and report.outcome == "refused"
-    assert report.global_check is not None and report.global_check.iterations == 1
+    assert report.reason == "global_check_failed" and seq.iterations == 0
     assert text_of(outputs) == "I cannot answer that reliably."
+
+
+def test_global_failure_redecodes_under_stricter_thresholds(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    engine = make_engine(tiny_llama)
+    seq = guarded(
+        engine,
+        tiny_tokenizer,
+        "r",
+        max_tokens=5,
+        tau_low=0.0,
+        tau_high=0.0,
+        tau_global=1.0,
+        delta_tau=1.0,
+        m_max=1,
+    )
+    outputs = run(engine, [seq])["r"]
+    report = outputs[-1].report
+    assert seq.iterations == 1 and seq.tau_high == 1.0
+    assert report is not None and report.outcome == "refused"
+    assert all(s.status == "discarded" for s in report.segments)
+    assert engine.runner.cache.lengths == [0, 0, 0, 0]
 
 
 def test_slot_holds_exactly_the_kept_tokens_through_refinements(
