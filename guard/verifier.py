@@ -18,10 +18,13 @@ decides wins:
    and the relation checks below.
 
 Relation check: a claim found in the context can still sit in a different relation there
-("Park is the CFO" when the context says "Jane Park is the CEO"). When the response sentence
-holds at least `relation_min_words` content words besides its claims, its embedding is compared
-with the context sentences where the claim was found (each alone and all joined); below
-`relation_threshold` the claim is unsupported (method "embedding").
+("Jane Park founded the bakery chain" when the context says "Jane Park is the CEO"). It runs
+when the claim's response sentence holds at least `relation_min_words` content words besides
+its claims, is not itself a passage of the context, and has no claim that failed checks 1-5
+(an error there is already localised to that claim, so the sentence's other claims stay
+supported). The sentence's embedding is compared with each context sentence where the claim
+was found; when the best cosine is below `relation_threshold` the claim is unsupported
+(method "embedding", wrong span = the claim, as the relation itself has no smaller span).
 
 The wrong span of an unsupported claim is the claim's own span ("11.4%", not its sentence).
 """
@@ -114,8 +117,8 @@ class VerifierConfig(BaseModel):
 
     use_embeddings: bool = True
     entity_threshold: float = 0.85
-    relation_threshold: float = 0.45
-    relation_min_words: int = 3
+    relation_threshold: float = 0.5
+    relation_min_words: int = 2
     context_cache_size: int = 128
 
 
@@ -131,11 +134,20 @@ def load_embedding_model() -> SentenceTransformer:
 
 def embed_texts(texts: list[str]) -> np.ndarray:
     """Unit-norm sentence embeddings, one row per text."""
-    return load_embedding_model().encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    model = load_embedding_model()
+    return model.encode(
+        texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    )
 
 
 def _content_words(text: str) -> list[str]:
-    return [w for w in (m.group().lower() for m in _WORD.finditer(text)) if w not in _STOPWORDS]
+    words = (m.group().lower() for m in _WORD.finditer(text))
+    return [w for w in words if w not in _FUNCTION_WORDS]
+
+
+def _is_acronym(text: str) -> bool:
+    letters = text.replace(".", "")
+    return len(letters) > 1 and letters.isalpha() and letters.isupper()
 
 
 def _initials(text: str) -> str:
@@ -165,6 +177,7 @@ class _ContextIndex:
     """Everything the checks need about one context, built once per context string."""
 
     text: str
+    folded: str
     sentences: list[_Sentence]
     claims: list[Claim]
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
@@ -184,16 +197,20 @@ def _build_index(context: str) -> _ContextIndex:
         numbers = numbers_in(text)
         years = {int(n) for n in numbers if n == int(n) and 1000 <= n <= 2099}
         sentences.append(_Sentence(start, end, text, folded, set(folded.split()), numbers, years))
-    return _ContextIndex(context, sentences, extract_claims(context))
+    return _ContextIndex(context, normalize_entity(context), sentences, extract_claims(context))
 
 
 @dataclass
 class _Match:
-    """A positive check: how, how sure, and which context sentences hold the evidence."""
+    """A check's outcome: how, how sure, which context sentences hold the evidence.
+
+    Only the embedding fallback returns unsupported matches (its best similarity is the score).
+    """
 
     method: Method
     score: float
     sentences: list[int]
+    supported: bool = True
 
 
 class Verifier:
@@ -216,21 +233,29 @@ class Verifier:
         if not claims:
             return Verification(verdicts=[])
         index = self._index(context)
-        verdicts = [self._verify_claim(claim, claims, response, index) for claim in claims]
+        matches = [self._match(claim, index) for claim in claims]
+        localised = {
+            c.sentence for c, m in zip(claims, matches, strict=True) if not (m and m.supported)
+        }
+        similarities: dict[tuple[int, int], np.ndarray] = {}
+        verdicts = []
+        for claim, match in zip(claims, matches, strict=True):
+            if match is None or not match.supported:
+                if claim.kind == "entity":
+                    score = match.score if match else 0.0
+                    verdicts.append(self._undecided(claim, response, index, score))
+                else:
+                    method: Method = "normalized" if claim.kind == "date" else "number"
+                    verdicts.append(_verdict(claim, False, 0.0, method))
+                continue
+            relation = None
+            if claim.sentence not in localised:
+                relation = self._relation_score(claim, claims, response, index, match, similarities)
+            if relation is not None and relation < self.config.relation_threshold:
+                verdicts.append(self._undecided(claim, response, index, relation))
+            else:
+                verdicts.append(_verdict(claim, True, match.score, match.method))
         return Verification(verdicts=verdicts)
-
-    def _verify_claim(
-        self, claim: Claim, claims: list[Claim], response: str, index: _ContextIndex
-    ) -> ClaimVerdict:
-        match = self._match(claim, index)
-        if match is None:
-            if claim.kind == "entity":
-                return self._undecided(claim, response, index, 0.0)
-            return _verdict(claim, False, 0.0, "number" if claim.kind != "date" else "normalized")
-        relation = self._relation_score(claim, claims, response, index, match)
-        if relation is not None and relation < self.config.relation_threshold:
-            return self._undecided(claim, response, index, relation)
-        return _verdict(claim, True, match.score, match.method)
 
     def _undecided(
         self, claim: Claim, response: str, index: _ContextIndex, score: float
@@ -267,16 +292,13 @@ class Verifier:
         entities = [c for c in index.claims if c.kind == "entity"]
         if not entities:
             return None
-        similarities = (
-            self._embed(index, [e.text for e in entities]) @ self._embed(index, [claim.text])[0]
-        )
+        similarities = self._similarities(index, claim.text, [e.text for e in entities])
         best = int(np.argmax(similarities))
-        if similarities[best] < self.config.entity_threshold:
-            return None
         return _Match(
             "embedding",
             float(similarities[best]),
             [index.sentence_index(entities[best].start)],
+            supported=bool(similarities[best] >= self.config.entity_threshold),
         )
 
     def _relation_score(
@@ -286,33 +308,45 @@ class Verifier:
         response: str,
         index: _ContextIndex,
         match: _Match,
+        similarities: dict[tuple[int, int], np.ndarray],
     ) -> float | None:
-        """Max similarity of the claim's sentence to its evidence sentences, None if not run."""
+        """Max similarity of the claim's sentence to its evidence sentences, None if not run.
+
+        `similarities` memoises, per response sentence, its cosine to every context sentence.
+        """
         if not self.config.use_embeddings and self.judge is None:
             return None
         start, end = claim.sentence
+        if f" {normalize_entity(response[start:end])} " in f" {index.folded} ":
+            return None
         rest = response[start:end]
         for other in sorted(
             (c for c in claims if c.sentence == claim.sentence), key=lambda c: -c.start
         ):
             rest = rest[: other.start - start] + " " + rest[other.end - start :]
-        content = [w for w in _content_words(rest) if w not in _FUNCTION_WORDS]
-        if len(content) < self.config.relation_min_words:
+        if len(_content_words(rest)) < self.config.relation_min_words:
             return None
         if not self.config.use_embeddings:
             return 0.0
-        evidence = [index.sentences[i].text for i in match.sentences]
-        if len(evidence) > 1:
-            evidence.append(" ".join(evidence))
-        vectors = self._embed(index, [response[start:end], *evidence])
-        return float(np.max(vectors[1:] @ vectors[0]))
+        if claim.sentence not in similarities:
+            context_texts = [sentence.text for sentence in index.sentences]
+            similarities[claim.sentence] = self._similarities(
+                index, response[start:end], context_texts
+            )
+        return float(np.max(similarities[claim.sentence][match.sentences]))
 
-    def _embed(self, index: _ContextIndex, texts: Sequence[str]) -> np.ndarray:
-        """Embeddings with a per-context cache (contexts get many responses in a row)."""
-        missing = [t for t in dict.fromkeys(texts) if t not in index.embeddings]
-        if missing:
-            index.embeddings.update(zip(missing, self.embedder(missing), strict=True))
-        return np.stack([index.embeddings[t] for t in texts])
+    def _similarities(
+        self, index: _ContextIndex, query: str, context_texts: Sequence[str]
+    ) -> np.ndarray:
+        """Cosine of `query` to each context text, in one embedder call.
+
+        Context-side embeddings are cached on the index (a context gets many responses in a
+        row); response-side ones are not, so the cache stays bounded by the contexts.
+        """
+        missing = [t for t in dict.fromkeys(context_texts) if t not in index.embeddings]
+        vectors = self.embedder([query, *missing])
+        index.embeddings.update(zip(missing, vectors[1:], strict=True))
+        return np.stack([index.embeddings[t] for t in context_texts]) @ vectors[0]
 
 
 def _verdict(claim: Claim, supported: bool, score: float, method: Method) -> ClaimVerdict:
@@ -340,8 +374,10 @@ def _match_alias(claim: Claim, index: _ContextIndex) -> _Match | None:
                 return _Match("alias", 1.0, [index.sentence_index(entity.start)])
     compact = claim.normalized.replace(" ", "")
     for entity in entities:
-        if (len(compact) > 1 and compact == _initials(entity.text)) or (
-            len(words) > 1 and entity.normalized.replace(" ", "") == _initials(claim.text)
+        if (_is_acronym(claim.text) and compact == _initials(entity.text)) or (
+            _is_acronym(entity.text)
+            and len(words) > 1
+            and entity.normalized.replace(" ", "") == _initials(claim.text)
         ):
             return _Match("alias", 1.0, [index.sentence_index(entity.start)])
     core = [w for w in words if w not in _STOPWORDS and w not in _TITLES]
@@ -351,7 +387,8 @@ def _match_alias(claim: Claim, index: _ContextIndex) -> _Match | None:
 
 def _match_number(claim: Claim, index: _ContextIndex) -> _Match | None:
     """Value match with rounding to the claim's precision, units compatible."""
-    assert claim.value is not None and claim.step is not None
+    if claim.value is None or claim.step is None:
+        return None
     value, step = claim.value, claim.step
     normalized, rounded = [], []
     for other in index.claims:
