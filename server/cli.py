@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="guardserve")
     commands = parser.add_subparsers(dest="command", required=True)
     add_serve_parser(commands)
-    add_eval_parser(commands)
     add_balto_parser(commands)
+    add_eval_parser(commands)
     return parser
 
 

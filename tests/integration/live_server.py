@@ -22,9 +22,10 @@ from server.launcher import (
     stop_server,
     wait_ready,
 )
+from server.model_store import DEFAULT_MODEL
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MODEL = "smollm2-135m-instruct"
+MODEL = DEFAULT_MODEL
 MAX_MODEL_LEN = 512
 API_KEY = "test-key-4b1d"
 READY_TIMEOUT_S = 240.0

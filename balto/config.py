@@ -1,0 +1,98 @@
+"""Settings of a BALTO training run (`guardserve balto train` flags), validated with pydantic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from balto.advantages import AdvantageMethod
+from balto.loss import Normalizer
+
+DEV_LAST_LINE = 8000  # HaluEval lines 8001-10000 are reserved for release evaluation
+
+_FACTUAL_METHODS = {
+    AdvantageMethod.BALTO,
+    AdvantageMethod.PA0,
+    AdvantageMethod.PA03,
+    AdvantageMethod.PA1,
+}
+
+
+class TrainConfig(BaseModel):
+    """One training run: data, rollouts, advantage scheme, optimisation and parameterisation.
+
+    Each step samples ``group_size`` responses for each of ``prompts_per_step`` prompts, labels
+    them, and makes ``epochs`` passes over them in optimizer updates of ``mini_batch_prompts``
+    prompts each (gradients accumulate over the prompts of a mini-batch).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(
+        None, description="HF folder, .gguf or model name; None: base SmolLM2-135M-Instruct."
+    )
+    cache_dir: str | None = None
+    out: Path = Path("balto-run")
+
+    data: Literal["halueval"] = "halueval"
+    first_line: int = Field(1, ge=1, le=DEV_LAST_LINE, description="First HaluEval dev line.")
+    limit: int = Field(4000, ge=1, description="Prompts (dev lines) from first_line on.")
+    max_prompt_tokens: int = Field(448, ge=8, description="Longer prompts are skipped.")
+
+    steps: int = Field(20, ge=1)
+    prompts_per_step: int = Field(4, ge=1)
+    group_size: int = Field(8, ge=2, description="Responses sampled per prompt (G).")
+    mini_batch_prompts: int | None = Field(
+        2, ge=1, description="Prompts per optimizer update; None: all prompts of a step."
+    )
+    epochs: int = Field(1, ge=1, description="Passes over each step's rollouts.")
+
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+
+    advantage: AdvantageMethod = AdvantageMethod.BALTO
+    normalizer: Literal["auto", "factual", "tokens"] = Field(
+        "auto", description="Loss normaliser Z; auto: factual tokens for BALTO/PA, else tokens."
+    )
+    clip_low: float = Field(0.2, ge=0.0, lt=1.0)
+    clip_high: float = Field(0.28, ge=0.0)
+
+    lr: float = Field(3e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+
+    full: bool = Field(False, description="Full fine-tuning instead of LoRA.")
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    lora_target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu or cuda:N; training runs in float32.")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch default.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.first_line + self.limit - 1 > DEV_LAST_LINE:
+            raise ValueError(
+                f"lines {self.first_line}-{self.first_line + self.limit - 1} reach past the "
+                f"HaluEval dev split (1-{DEV_LAST_LINE})"
+            )
+        if self.mini_batch_prompts is not None and self.prompts_per_step % self.mini_batch_prompts:
+            raise ValueError("prompts_per_step must be a multiple of mini_batch_prompts")
+        return self
+
+    @property
+    def loss_normalizer(self) -> Normalizer:
+        """Z of Eq. 8: factual tokens for the token-level schemes, all response tokens otherwise."""
+        if self.normalizer != "auto":
+            return self.normalizer
+        return "factual" if self.advantage in _FACTUAL_METHODS else "tokens"
+
+    @property
+    def updates_per_epoch(self) -> int:
+        """Optimizer updates per pass over one step's rollouts."""
+        return self.prompts_per_step // (self.mini_batch_prompts or self.prompts_per_step)

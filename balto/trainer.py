@@ -1,0 +1,419 @@
+"""BALTO trainer: grouped rollouts, token advantages, clipped surrogate updates, a JSONL step log.
+
+One step (seed 003, §3): sample G responses for each of the step's prompts with the current
+policy, label them with the claim verifier, compute token advantages with the chosen scheme,
+take the old-policy and reference log-probs with no-grad forwards, then make optimizer updates
+over mini-batches of prompts (gradients accumulate over a mini-batch's prompts) on the clipped
+surrogate of Eq. 7-8. The policy is LoRA (peft, the adapters disabled give the reference) or
+the full model (a frozen copy is the reference).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import sys
+import time
+from collections.abc import Sequence as SequenceOf
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from pydantic import BaseModel, Field
+from tqdm import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from balto.advantages import compute_advantages, grpo_density_rewards
+from balto.config import TrainConfig
+from balto.loss import clipped_surrogate_loss, kl_to_reference, sequence_logprobs
+from balto.rollout import (
+    GroupTensors,
+    Labeller,
+    Prompt,
+    RolloutGroup,
+    VerifierLabeller,
+    grounded_prompt_ids,
+    group_tensors,
+    label_response,
+    sample_groups,
+)
+from guard.model_runner import ModelRunner, pick_device
+from guard.sampling import SamplingParams
+
+LOG_FILE = "train_log.jsonl"
+SUMMARY_FILE = "training.json"
+
+
+class StepLog(BaseModel):
+    """One line of the training log (JSONL), for one step of ``G x prompts_per_step`` rollouts."""
+
+    step: int
+    reward: float = Field(description="Mean GRPO_D reward (share of supported claims).")
+    faithful: float = Field(description="Share of responses without an unsupported claim.")
+    n_H: int = Field(description="Hallucinated tokens in the step's responses.")
+    n_F: int = Field(description="Faithful tokens in the step's responses.")
+    loss: float = Field(description="Mean surrogate loss over the step's optimizer updates.")
+    grad_norm: float = Field(description="Mean gradient norm before clipping over the updates.")
+    kl: float = Field(description="KL(old policy || start policy) per token, k3 estimator.")
+    clip_fraction: float
+    seconds: float
+    updates: int = Field(description="Optimizer updates made (0 when every advantage was 0).")
+    response_tokens: float = Field(description="Mean response length in training tokens.")
+    retokenized: float = Field(description="Share of responses whose re-tokenization differs.")
+    rollout_seconds: float
+    label_seconds: float
+
+
+def group_logprobs(
+    lm: PreTrainedModel, prompt_ids: list[int], response_ids: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Log-probabilities ``[G, T]`` of a group's response tokens after one shared prompt.
+
+    The prompt runs once (batch 1); its KV cache is repeated G times and the responses run
+    against it, so gradients reach the prompt positions too. Equal to a full forward over each
+    ``prompt + response`` (causal attention); positions outside ``mask`` are right padding.
+    """
+    device = lm.lm_head.weight.device
+    groups, width = response_ids.shape
+    response_ids = response_ids.to(device)
+    prompt = lm.model(input_ids=torch.tensor([prompt_ids], device=device), use_cache=True)
+    logits = lm.lm_head(prompt.last_hidden_state[:, -1:]).expand(groups, -1, -1)
+    if width > 1:
+        cache = prompt.past_key_values
+        cache.batch_repeat_interleave(groups)
+        n_prompt = len(prompt_ids)
+        attention = torch.cat(
+            [
+                torch.ones(groups, n_prompt, dtype=torch.long, device=device),
+                mask[:, :-1].long().to(device),
+            ],
+            dim=1,
+        )
+        positions = torch.arange(n_prompt, n_prompt + width - 1, device=device).expand(groups, -1)
+        rest = lm.model(
+            input_ids=response_ids[:, :-1],
+            attention_mask=attention,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = torch.cat([logits, lm.lm_head(rest.last_hidden_state)], dim=1)
+    return sequence_logprobs(logits, response_ids)
+
+
+def halueval_prompts(
+    tokenizer: PreTrainedTokenizerBase, first_line: int, limit: int, max_prompt_tokens: int
+) -> tuple[list[Prompt], int]:
+    """Grounded prompts of HaluEval dev lines ``first_line .. first_line + limit - 1``.
+
+    Returns the prompts (key: the line number) and how many were skipped for being longer
+    than ``max_prompt_tokens``.
+    """
+    from evals.halueval import load_halueval
+
+    items = load_halueval("dev", limit=first_line - 1 + limit)[first_line - 1 :]
+    prompts = [
+        Prompt(
+            grounded_prompt_ids(tokenizer, item.knowledge, item.question),
+            item.knowledge,
+            str(item.line),
+        )
+        for item in items
+    ]
+    kept = [p for p in prompts if len(p.ids) <= max_prompt_tokens]
+    return kept, len(prompts) - len(kept)
+
+
+class BaltoTrainer:
+    """Trains a causal LM in place with BALTO or one of its baselines (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: SequenceOf[Prompt],
+        labeller: Labeller,
+        log_path: Path | None = None,
+    ) -> None:
+        if not prompts:
+            raise ValueError("no training prompts")
+        torch.manual_seed(config.seed)
+        self.config = config
+        self.tokenizer = tokenizer
+        self.prompts = list(prompts)
+        self.labeller = labeller
+        self.log_path = log_path
+        self.lm = model.float().to(pick_device(config.device))
+        self.peft: PeftModel | None = None
+        self.reference: PreTrainedModel | None = None
+        if config.full:
+            self.reference = copy.deepcopy(self.lm).requires_grad_(False).eval()
+        else:
+            lora = LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=list(config.lora_target_modules),
+                task_type="CAUSAL_LM",
+            )
+            self.peft = get_peft_model(self.lm, lora)
+        self.trainable = [p for p in self.lm.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.trainable, lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.runner = ModelRunner(
+            self.lm,
+            num_slots=config.prompts_per_step * config.group_size,
+            max_model_len=max(len(p.ids) for p in self.prompts) + config.max_new_tokens,
+            max_candidates=1,
+        )
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.step_index = 0
+        self.used_keys: list[str] = []
+        self._rng = random.Random(config.seed)
+        self._order: list[int] = []
+
+    def next_prompts(self) -> list[Prompt]:
+        """The next step's prompts: a seeded shuffle of all prompts, reshuffled each epoch."""
+        chosen = []
+        for _ in range(self.config.prompts_per_step):
+            if not self._order:
+                self._order = list(range(len(self.prompts)))
+                self._rng.shuffle(self._order)
+            chosen.append(self.prompts[self._order.pop()])
+        return chosen
+
+    def _z(self, tensors: GroupTensors) -> int:
+        """The group's share of the loss normaliser Z (Eq. 8)."""
+        if self.config.loss_normalizer == "factual":
+            return int(((tensors.labels != 0) & tensors.mask).sum())
+        return int(tensors.mask.sum())
+
+    @torch.no_grad()
+    def _reference_logprobs(self, prompt: Prompt, tensors: GroupTensors) -> torch.Tensor:
+        if self.reference is not None:
+            return group_logprobs(self.reference, prompt.ids, tensors.response_ids, tensors.mask)
+        assert self.peft is not None
+        with self.peft.disable_adapter():
+            return group_logprobs(self.lm, prompt.ids, tensors.response_ids, tensors.mask)
+
+    def rollouts(self, prompts: list[Prompt]) -> tuple[list[RolloutGroup], float, float]:
+        """Sample and label the step's groups; returns them and the two phases' seconds."""
+        config = self.config
+        start = time.perf_counter()
+        self.lm.eval()
+        params = SamplingParams(
+            max_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p
+        )
+        seed = config.seed * 10**9 + self.step_index * len(prompts) * config.group_size
+        sampled = sample_groups(
+            self.runner, self.tokenizer, prompts, params, config.group_size, seed
+        )
+        sampled_at = time.perf_counter()
+        groups = [
+            RolloutGroup(
+                prompt,
+                [label_response(s, self.tokenizer, prompt.context, self.labeller) for s in seqs],
+            )
+            for prompt, seqs in zip(prompts, sampled, strict=True)
+        ]
+        return groups, sampled_at - start, time.perf_counter() - sampled_at
+
+    def _old_logprobs_and_kl(
+        self, prompts: list[Prompt], tensors: list[GroupTensors]
+    ) -> tuple[list[torch.Tensor], float]:
+        """Old-policy log-probs per group (no grad) and the per-token KL to the start policy.
+
+        The responses were sampled from the old policy, so the k3 estimate is taken there.
+        """
+        old: list[torch.Tensor] = []
+        kl_sum, n_tokens = 0.0, 0
+        with torch.no_grad():
+            for prompt, t in zip(prompts, tensors, strict=True):
+                old_lp = group_logprobs(self.lm, prompt.ids, t.response_ids, t.mask)
+                ref = self._reference_logprobs(prompt, t)
+                kl_sum += kl_to_reference(old_lp, ref, t.mask.to(old_lp.device)) * int(t.mask.sum())
+                n_tokens += int(t.mask.sum())
+                old.append(old_lp)
+        return old, kl_sum / n_tokens
+
+    def _optimize(
+        self,
+        prompts: list[Prompt],
+        tensors: list[GroupTensors],
+        advantages: list[torch.Tensor],
+        old: list[torch.Tensor],
+    ) -> tuple[list[float], list[float], list[float]]:
+        """The step's optimizer updates; returns per-update losses and gradient norms (before
+        clipping) and per-group clip fractions.
+
+        A mini-batch's loss is normalised by the mini-batch's Z (Eq. 8): each group's loss comes
+        divided by the group's own Z and is weighted by ``Z_group / Z_minibatch`` before its
+        backward pass. Groups whose advantages are all zero add nothing to the gradient and are
+        not run.
+        """
+        config = self.config
+        device = self.runner.device
+        losses: list[float] = []
+        norms: list[float] = []
+        clip_fractions: list[float] = []
+        mini = config.mini_batch_prompts or len(prompts)
+        self.lm.train()
+        for _ in range(config.epochs):
+            for first in range(0, len(prompts), mini):
+                batch = range(first, min(first + mini, len(prompts)))
+                z_total = sum(self._z(tensors[i]) for i in batch)
+                active = [i for i in batch if bool(advantages[i].ne(0).any())]
+                if z_total == 0 or not active:
+                    continue
+                self.optimizer.zero_grad(set_to_none=True)
+                loss_value = 0.0
+                for i in active:
+                    t = tensors[i]
+                    out = clipped_surrogate_loss(
+                        group_logprobs(self.lm, prompts[i].ids, t.response_ids, t.mask),
+                        old[i],
+                        advantages[i],
+                        t.mask.to(device),
+                        labels=t.labels.to(device),
+                        clip_low=config.clip_low,
+                        clip_high=config.clip_high,
+                        normalizer=config.loss_normalizer,
+                    )
+                    share = out.n_tokens / z_total
+                    (out.loss * share).backward()
+                    loss_value += float(out.loss.detach()) * share
+                    clip_fractions.append(out.clip_fraction)
+                norm = torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm)
+                self.optimizer.step()
+                losses.append(loss_value)
+                norms.append(float(norm))
+        self.lm.eval()
+        return losses, norms, clip_fractions
+
+    def step(self) -> StepLog:
+        """One training step; appends its log line to ``log_path`` when one is set."""
+        config = self.config
+        start = time.perf_counter()
+        prompts = self.next_prompts()
+        self.used_keys.extend(p.key for p in prompts)
+        groups, rollout_seconds, label_seconds = self.rollouts(prompts)
+        tensors = [group_tensors(g, self.pad_id) for g in groups]
+        advantages = [
+            compute_advantages(config.advantage, t.labels, t.mask, t.n_supported, t.n_claims)
+            for t in tensors
+        ]
+        advantages = [a.to(self.runner.device) for a in advantages]
+        old, kl = self._old_logprobs_and_kl(prompts, tensors)
+        losses, norms, clip_fractions = self._optimize(prompts, tensors, advantages, old)
+
+        responses = [r for g in groups for r in g.responses]
+        n_supported = torch.tensor([r.n_supported for r in responses])
+        n_claims = torch.tensor([r.n_claims for r in responses])
+        n_tokens = sum(len(r.response_ids) for r in responses)
+        log = StepLog(
+            step=self.step_index,
+            reward=float(grpo_density_rewards(n_supported, n_claims).mean()),
+            faithful=sum(r.n_supported == r.n_claims for r in responses) / len(responses),
+            n_H=sum(r.n_hallucinated_tokens for r in responses),
+            n_F=sum(r.n_faithful_tokens for r in responses),
+            loss=sum(losses) / len(losses) if losses else 0.0,
+            grad_norm=sum(norms) / len(norms) if norms else 0.0,
+            kl=kl,
+            clip_fraction=sum(clip_fractions) / len(clip_fractions) if clip_fractions else 0.0,
+            seconds=time.perf_counter() - start,
+            updates=len(norms),
+            response_tokens=n_tokens / len(responses),
+            retokenized=sum(r.retokenized for r in responses) / len(responses),
+            rollout_seconds=rollout_seconds,
+            label_seconds=label_seconds,
+        )
+        self.step_index += 1
+        if self.log_path is not None:
+            with self.log_path.open("a", encoding="utf-8") as handle:
+                handle.write(log.model_dump_json() + "\n")
+        return log
+
+    def train(self) -> list[StepLog]:
+        """Run ``config.steps`` steps with a tqdm progress bar."""
+        logs = []
+        label = f"balto[{self.config.advantage}]"
+        bar = tqdm(range(self.config.steps), desc=label, file=sys.stderr)
+        for _ in bar:
+            log = self.step()
+            logs.append(log)
+            bar.set_postfix(reward=f"{log.reward:.3f}", faithful=f"{log.faithful:.2f}")
+        return logs
+
+    def save(self, out_dir: Path, base_model: str) -> None:
+        """Write the LoRA adapter (or the full model and tokenizer) into ``out_dir``.
+
+        ``base_model`` (a model name or folder) is recorded as the adapter's base model.
+        """
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if self.peft is None:
+            self.lm.save_pretrained(out_dir)
+            self.tokenizer.save_pretrained(out_dir)
+            return
+        card = out_dir / "README.md"
+        had_card = card.exists()
+        self.peft.save_pretrained(out_dir)
+        if not had_card:
+            card.unlink(missing_ok=True)  # peft's empty model-card template
+        config_path = out_dir / "adapter_config.json"
+        adapter_config = json.loads(config_path.read_text())
+        adapter_config["base_model_name_or_path"] = base_model
+        config_path.write_text(json.dumps(adapter_config, indent=2) + "\n")
+
+
+def run_training(config: TrainConfig, labeller: Labeller | None = None, command: str = "") -> Path:
+    """Train on HaluEval dev prompts as configured; write adapter, log and summary to ``out``.
+
+    ``command`` (the command line that started the run) is recorded in the summary.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from server.model_store import BASE_MODEL, resolve_model
+
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    base_name = config.model or BASE_MODEL
+    model_path = resolve_model(base_name, config.cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_path), dtype=torch.float32, attn_implementation="sdpa"
+    )
+    prompts, skipped = halueval_prompts(
+        tokenizer, config.first_line, config.limit, config.max_prompt_tokens
+    )
+    config.out.mkdir(parents=True, exist_ok=True)
+    log_path = config.out / LOG_FILE
+    log_path.unlink(missing_ok=True)
+    trainer = BaltoTrainer(
+        config, model, tokenizer, prompts, labeller or VerifierLabeller(), log_path
+    )
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    trainer.save(config.out, base_name if config.model is None else str(model_path))
+    summary = {
+        "command": command,
+        "config": config.model_dump(mode="json"),
+        "base_model": base_name,
+        "data": {
+            "dataset": "halueval_qa",
+            "split": "dev",
+            "lines": [config.first_line, config.first_line + config.limit - 1],
+            "skipped_long_prompts": skipped,
+            "lines_trained": sorted({int(k) for k in trainer.used_keys}),
+        },
+        "steps": config.steps,
+        "seconds": round(seconds, 1),
+        "torch_threads": torch.get_num_threads(),
+        "versions": {"torch": torch.__version__, "peft": version("peft")},
+    }
+    (config.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return config.out
