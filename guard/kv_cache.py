@@ -41,10 +41,6 @@ class SlotKVCache(Cache):
         self._positions = torch.zeros(0, 0, dtype=torch.long, device=device)
         self._kv_len = 0
 
-    def nbytes(self) -> int:
-        """Bytes held by the key and value buffers."""
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
-
     def plan(self, slots: torch.Tensor, write_positions: torch.Tensor, kv_len: int) -> None:
         """Set the batch rows' slots [B], new tokens' cache positions [B, Q] and key length."""
         self._rows = slots
@@ -70,7 +66,3 @@ class SlotKVCache(Cache):
         """Copy each slot's K/V at position `sources[i]` to position `targets[i]` in every layer."""
         for buffer in self.keys + self.values:
             buffer[slots, :, targets] = buffer[slots, :, sources]
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        """Longest committed slot length (only informative; the runner passes positions itself)."""
-        return max(self.lengths, default=0)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from guard.kv_cache import SlotKVCache
 
@@ -205,8 +205,3 @@ class ModelRunner:
         )
         penultimate = base.hidden_states[-2]
         return TreeOutput(final=base.last_hidden_state, hidden=penultimate.float())
-
-
-def load_tokenizer(model_path: str | Path) -> AutoTokenizer:
-    """The tokenizer saved with a model folder."""
-    return AutoTokenizer.from_pretrained(str(model_path))

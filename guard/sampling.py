@@ -43,13 +43,3 @@ def sample_token(
         return int(torch.argmax(logits).item())
     probs = torch.softmax(filtered_logits(logits, params), dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator).item())
-
-
-def top_candidates(
-    logits: torch.Tensor, count: int, banned: set[int] | frozenset[int] = frozenset()
-) -> torch.Tensor:
-    """The `count` most likely token ids of a [vocab] logits row, skipping banned ids."""
-    if banned:
-        logits = logits.clone()
-        logits[list(banned)] = float("-inf")
-    return torch.topk(logits, count).indices

@@ -6,7 +6,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from guard.detokenizer import IncrementalDetokenizer
-from guard.sampling import SamplingParams, filtered_logits, sample_token, top_candidates
+from guard.sampling import SamplingParams, filtered_logits, sample_token
 
 
 def test_greedy_takes_the_argmax() -> None:
@@ -35,11 +35,6 @@ def test_seeded_sampling_repeats() -> None:
         draws.append([sample_token(logits, params, generator) for _ in range(10)])
     assert draws[0] == draws[1]
     assert len(set(draws[0])) > 1
-
-
-def test_top_candidates_skip_banned_tokens() -> None:
-    logits = torch.tensor([5.0, 4.0, 3.0, 2.0])
-    assert top_candidates(logits, 2, banned={0}).tolist() == [1, 2]
 
 
 def test_detokenizer_streams_stable_text(tiny_tokenizer: PreTrainedTokenizerFast) -> None:
