@@ -160,7 +160,7 @@ def sample_groups(
     ``len(prompts) * group_size`` slots for a single batch (fewer slots queue the rest).
     """
     engine = LLMEngine(runner)
-    eos = frozenset({tokenizer.eos_token_id})
+    eos = runner.eos_token_ids(tokenizer)
     groups: list[list[Sequence]] = []
     for i, prompt in enumerate(prompts):
         group = []
@@ -212,6 +212,22 @@ def label_response(
     )
 
 
+def label_groups(
+    prompts: SequenceOf[Prompt],
+    sampled: list[list[Sequence]],
+    tokenizer: PreTrainedTokenizerBase,
+    labeller: Labeller,
+) -> list[RolloutGroup]:
+    """Label every sampled response against its prompt's context."""
+    return [
+        RolloutGroup(
+            prompt=prompt,
+            responses=[label_response(seq, tokenizer, prompt.context, labeller) for seq in group],
+        )
+        for prompt, group in zip(prompts, sampled, strict=True)
+    ]
+
+
 def collect_rollouts(
     runner: ModelRunner,
     tokenizer: PreTrainedTokenizerBase,
@@ -223,10 +239,4 @@ def collect_rollouts(
 ) -> list[RolloutGroup]:
     """Sample G responses for every prompt in one batch and label each one."""
     sampled = sample_groups(runner, tokenizer, prompts, params, group_size, seed)
-    return [
-        RolloutGroup(
-            prompt=prompt,
-            responses=[label_response(seq, tokenizer, prompt.context, labeller) for seq in group],
-        )
-        for prompt, group in zip(prompts, sampled, strict=True)
-    ]
+    return label_groups(prompts, sampled, tokenizer, labeller)

@@ -36,7 +36,7 @@ from balto.rollout import (
     VerifierLabeller,
     grounded_prompt_ids,
     group_tensors,
-    label_response,
+    label_groups,
     sample_groups,
 )
 from guard.model_runner import ModelRunner, pick_device
@@ -213,13 +213,7 @@ class BaltoTrainer:
             self.runner, self.tokenizer, prompts, params, config.group_size, seed
         )
         sampled_at = time.perf_counter()
-        groups = [
-            RolloutGroup(
-                prompt,
-                [label_response(s, self.tokenizer, prompt.context, self.labeller) for s in seqs],
-            )
-            for prompt, seqs in zip(prompts, sampled, strict=True)
-        ]
+        groups = label_groups(prompts, sampled, self.tokenizer, self.labeller)
         return groups, sampled_at - start, time.perf_counter() - sampled_at
 
     def _old_logprobs_and_kl(

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from guard.kv_cache import SlotKVCache
 
@@ -94,6 +94,14 @@ class ModelRunner:
         return cls(
             model, num_slots=num_slots, max_model_len=max_model_len, max_candidates=max_candidates
         )
+
+    def eos_token_ids(self, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+        """Every token id that ends generation: the generation config's and the tokenizer's."""
+        eos = self.model.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        if tokenizer.eos_token_id is not None:
+            ids.add(tokenizer.eos_token_id)
+        return frozenset(ids)
 
     def length(self, slot: int) -> int:
         """Committed tokens in a slot."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from guard.config import MAX_CANDIDATES
 from guard.model_runner import ModelRunner
@@ -27,17 +27,6 @@ class Engines:
     tokenizer: PreTrainedTokenizerBase
     plain: Engine
     guard: Engine
-
-
-def eos_token_ids(model_path: Path, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
-    """Every token id that ends generation (generation config and tokenizer)."""
-    ids: set[int] = set()
-    if (model_path / "generation_config.json").exists():
-        eos = GenerationConfig.from_pretrained(str(model_path)).eos_token_id
-        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return frozenset(ids)
 
 
 def choose_plain_engine(choice: str) -> str:
@@ -60,7 +49,6 @@ def build_torch_engines(
     model_path: Path, config: ServerConfig, tokenizer: PreTrainedTokenizerBase
 ) -> Engine:
     """A slot-cache runner per device, each with its worker thread, behind one dispatcher."""
-    eos = eos_token_ids(model_path, tokenizer)
     engines = [
         TorchEngine(
             ModelRunner.load(
@@ -72,7 +60,6 @@ def build_torch_engines(
                 dtype=config.dtype,
             ),
             tokenizer,
-            eos,
         )
         for device in runner_devices(config)
     ]

@@ -42,12 +42,10 @@ class TorchEngine:
 
     name = "torch"
 
-    def __init__(
-        self, runner: ModelRunner, tokenizer: PreTrainedTokenizerBase, eos_token_ids: frozenset[int]
-    ) -> None:
+    def __init__(self, runner: ModelRunner, tokenizer: PreTrainedTokenizerBase) -> None:
         self.runner = runner
         self.tokenizer = tokenizer
-        self.eos_token_ids = eos_token_ids
+        self.eos_token_ids = runner.eos_token_ids(tokenizer)
         self.core = LLMEngine(runner)
         self.label = f"torch-{runner.device}"
         self._active = 0

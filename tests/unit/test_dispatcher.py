@@ -14,7 +14,7 @@ from server.engines.torch_engine import TorchEngine
 
 def make_engine(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast) -> TorchEngine:
     runner = ModelRunner(model, num_slots=4, max_model_len=128, max_candidates=4)
-    return TorchEngine(runner, tokenizer, frozenset({0}))
+    return TorchEngine(runner, tokenizer)
 
 
 def test_requests_spread_over_both_runners_and_all_finish(
