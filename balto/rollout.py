@@ -17,13 +17,13 @@ from typing import Protocol
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from engine.llm_engine import LLMEngine
+from engine.model_runner import ModelRunner
+from engine.sampling import SamplingParams
+from engine.sequence import Sequence
 from evals.prompts import grounded_messages
-from guard.engine import LLMEngine
-from guard.model_runner import ModelRunner
-from guard.sampling import SamplingParams
-from guard.sequence import Sequence
-from guard.token_labels import token_labels
-from guard.verifier import Verifier
+from verify.token_labels import token_labels
+from verify.verifier import Verifier
 
 
 def grounded_prompt_ids(
@@ -67,7 +67,7 @@ class Labeller(Protocol):
 
 
 class VerifierLabeller:
-    """The project's claim verifier projected to tokens (guard.verifier + guard.token_labels)."""
+    """The project's claim verifier projected to tokens (verify.verifier + verify.token_labels)."""
 
     def __init__(self, verifier: Verifier | None = None) -> None:
         self.verifier = verifier or Verifier()

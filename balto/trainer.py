@@ -39,8 +39,8 @@ from balto.rollout import (
     label_groups,
     sample_groups,
 )
-from guard.model_runner import ModelRunner, pick_device
-from guard.sampling import SamplingParams
+from engine.model_runner import ModelRunner, pick_device
+from engine.sampling import SamplingParams
 
 LOG_FILE = "train_log.jsonl"
 SUMMARY_FILE = "training.json"
@@ -370,7 +370,7 @@ def run_training(config: TrainConfig, labeller: Labeller | None = None, command:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from server.model_store import BASE_MODEL, resolve_model
+    from engine.model_store import BASE_MODEL, resolve_model
 
     if config.threads is not None:
         torch.set_num_threads(config.threads)

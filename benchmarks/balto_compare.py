@@ -2,7 +2,7 @@
 
 Every model answers the same grounded prompts (balto.rollout / evals.prompts) with greedy
 decoding, batched in one LLMEngine run. Each response's claims are verified against the item's
-knowledge (guard.verifier), as in seed 003, App. E.2:
+knowledge (verify.verifier), as in seed 003, App. E.2:
 
 - Faith.  share of responses without an unsupported claim;
 - Info.   share of responses with at least as many claims as the base model's response;
@@ -37,11 +37,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from balto.config import DEV_LAST_LINE
 from balto.rollout import Prompt, grounded_prompt_ids, sample_groups
 from balto.trainer import LOG_FILE, SUMMARY_FILE
+from engine.model_runner import ModelRunner
+from engine.model_store import BASE_MODEL, resolve_model
+from engine.sampling import SamplingParams
 from evals.halueval import HaluEvalItem, load_halueval
-from guard.model_runner import ModelRunner
-from guard.sampling import SamplingParams
-from guard.verifier import Verifier
-from server.model_store import BASE_MODEL, resolve_model
+from verify.verifier import Verifier
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)

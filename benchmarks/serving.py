@@ -3,7 +3,7 @@
 Starts each server itself on 127.0.0.1 (or measures --base-url) and prints one table with
 plain and guarded rows side by side. Not a test: run it by hand and read the figures.
 
-    python benchmarks/serving.py --engines torch vllm --concurrency 1 8 32 --modes plain guard
+    python -m benchmarks.serving --engines torch vllm --concurrency 1 8 32 --modes plain guard
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 from openai import AsyncOpenAI
 
-from server.launcher import serve
-from server.model_store import DEFAULT_MODEL
+from benchmarks.launcher import serve
+from engine.model_store import DEFAULT_MODEL
 
 PROMPTS = [
     "Context: Acme reported revenue of $12.4 billion in 2024. Jane Park is the CEO.\n"

@@ -19,7 +19,7 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision
 from tqdm import tqdm
 
 from evals.halueval import load_halueval
-from guard.verifier import Verifier, VerifierConfig
+from verify.verifier import Verifier, VerifierConfig
 
 
 def parse_args() -> argparse.Namespace:

@@ -14,7 +14,7 @@ from typing import Any
 from evals.datasets import HALUEVAL, load_items
 from evals.harness import EvalSettings, run_requests, score_responses
 from evals.report import RESPONSES, build_summary, plot_runs, read_records, write_run
-from guard.verifier import Verifier
+from verify.verifier import Verifier
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from evals.datasets import EvalItem
 from evals.metrics import exact_match, f1_score
 from evals.prompts import grounded_messages
-from guard.verifier import Verifier
+from verify.verifier import Verifier
 
 Mode = Literal["plain", "guard", "verify"]
 ABSTENTIONS = ("refused", "truncated")

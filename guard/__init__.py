@@ -1,1 +1,1 @@
-"""Token-Guard self-checking decoding: config, scoring math, chain selection, runner, verifier."""
+"""Token-Guard: config, scoring math, chain choice, the guarded sequence, its report."""

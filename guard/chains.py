@@ -1,9 +1,16 @@
-"""Representative candidate chains by TF-IDF + KMeans clustering (seed 004, stage 3)."""
+"""Chains side by side: representatives by TF-IDF + KMeans, the best by F_global (seed 004)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import pairwise_distances_argmin
+
+from engine.outputs import SequenceOutput
+from guard.report import GuardReport
 
 
 def representative_chains(texts: list[str], n_clusters: int, seed: int = 0) -> list[int]:
@@ -38,3 +45,25 @@ def choose_chain(
         return 0
     representatives = representative_chains([texts[i] for i in passed], n_clusters, seed)
     return max((passed[i] for i in representatives), key=lambda i: scores[i] or 0.0)
+
+
+def best_chain(
+    results: list[SequenceOutput[GuardReport]], n_clusters: int, seed: int
+) -> SequenceOutput[GuardReport]:
+    """The answer from chains decoded side by side: the best representative, with every score.
+
+    A chain passed when it was answered and has a global check; its score is F_global. The
+    answer counts every chain's tokens and its report lists all chains' scores.
+    """
+    scores = [
+        r.report.global_check.f_global
+        if r.report and r.report.outcome == "answered" and r.report.global_check
+        else None
+        for r in results
+    ]
+    chosen = results[choose_chain([r.text for r in results], scores, n_clusters, seed)]
+    report = None
+    if chosen.report is not None:
+        report = chosen.report.model_copy(update={"chains": len(results), "chain_scores": scores})
+    tokens = sum(r.completion_tokens for r in results)
+    return replace(chosen, completion_tokens=tokens, report=report)

@@ -1,5 +1,7 @@
 """Token-Guard hyperparameters (seed 004) with paper defaults and validated ranges."""
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -102,3 +104,17 @@ class GuardConfig(BaseModel):
     def merged(cls, base: "GuardConfig", overrides: dict[str, Any]) -> Self:
         """Apply per-request overrides (only the keys to change) to server defaults; re-validate."""
         return cls.model_validate({**base.model_dump(), **overrides})
+
+
+@dataclass(frozen=True)
+class GuardRun:
+    """What a guarded generation needs beyond sampling.
+
+    `stream`: the client reads text as it comes, so accepted segments are released at once
+    instead of after the global check. `evidence`: E_k of a segment's text (Eq. 14), from the
+    claim verifier against the conversation; None means E_k = 1.
+    """
+
+    config: GuardConfig
+    stream: bool = False
+    evidence: Callable[[str], float] | None = None

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from engine.outputs import SequenceOutput
+from engine.sampling import SamplingParams
+from engine.sequence import Sequence
 from guard import scoring
 from guard.config import GuardConfig
 from guard.report import GlobalReport, GuardReport, SegmentReport
-from guard.sampling import SamplingParams
-from guard.sequence import Sequence, SequenceOutput
 
 Embedder = Callable[[list[int]], torch.Tensor]
 EvidenceScorer = Callable[[str], float]
@@ -169,12 +170,11 @@ class GuardedSequence(Sequence):
             return -1 if keep is None else keep
         return -1
 
-    def take_output(self) -> SequenceOutput | None:
+    def take_output(self) -> SequenceOutput[GuardReport] | None:
         """Released text; the final output carries the report and counts every decoded token."""
         output = super().take_output()
         if output is not None and output.finish_reason is not None:
-            output.report = self.report
-            output.completion_tokens = self.decoded_tokens
+            return replace(output, report=self.report, completion_tokens=self.decoded_tokens)
         return output
 
     # -- segments ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from guard.verifier import ClaimVerdict
+from verify.verifier import ClaimVerdict
 
 SegmentStatus = Literal["accepted", "refined", "discarded"]
 Outcome = Literal["answered", "truncated", "refused"]

@@ -28,7 +28,8 @@ from typing import Any
 from locust import HttpUser, constant, events, task
 from locust.env import Environment
 from locust.exception import StopUser
-from run_headless import loopback_error, parse_mix
+
+from loadtests.run_headless import loopback_error, parse_mix
 
 CHAT_PATH = "/v1/chat/completions"
 

@@ -1,7 +1,7 @@
 """Runs the guardserve locust test headless on a loopback URL, then summarises its CSVs.
 
-    python loadtests/run_headless.py --host http://127.0.0.1:8000 -u 8 -r 2 -t 60s
-    python loadtests/run_headless.py --start-server --plain-engine torch -u 4 -t 2m
+    python -m loadtests.run_headless --host http://127.0.0.1:8000 -u 8 -r 2 -t 60s
+    python -m loadtests.run_headless --start-server --plain-engine torch -u 4 -t 2m
 
 Writes PREFIX_stats.csv, PREFIX_failures.csv, ... (locust's --csv) and PREFIX_summary.json /
 PREFIX_summary.md: throughput, latency and TTFT percentiles and error rate per mode. Only
@@ -25,10 +25,11 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
-from server.launcher import ServerStartError, start_server, stop_server, wait_ready
+from benchmarks.launcher import ServerStartError, start_server, stop_server, wait_ready
 
 MODES = ("plain", "stream", "guard", "verify")
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
+REPO_ROOT = LOCUSTFILE.parents[1]
 MODE_IN_NAME = re.compile(r"\[(\w+)\]\s*$")
 DURATION_PART = re.compile(r"(\d+)\s*([hms])")
 CATCH_RESPONSE_ERROR = re.compile(r"^CatchResponseError\((['\"])(.*)\1\)$", re.DOTALL)
@@ -255,6 +256,8 @@ def run_locust(args: argparse.Namespace, url: str, prefix: Path) -> int:
         "--only-summary", "--exit-code-on-error", "0",
     ]  # fmt: skip
     env = dict(os.environ, GS_MIX=args.mix, GS_MAX_TOKENS=str(args.max_tokens))
+    # The locustfile imports this module as `loadtests.run_headless`.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     if args.model:
         env["GS_MODEL"] = args.model
     if args.api_key:

@@ -13,14 +13,15 @@ from pathlib import Path
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from starlette.types import Receive, Scope, Send
 
+from engine.model_store import DEFAULT_MODEL, resolve_model
 from guard.config import GuardConfig
 from server.config import ServerConfig
 from server.engine_factory import Engines, build_engines
 from server.engines.base import EngineError
 from server.errors import APIError, install_error_handlers, overloaded, unauthorized, unavailable
 from server.limits import BodySizeLimit
-from server.model_store import DEFAULT_MODEL, resolve_model
 from server.protocol import ChatCompletionRequest, ModelCard, ModelList
 from server.serving import ChatService
 from server.verification import ClaimChecker
@@ -136,6 +137,7 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
                 created=state.created,
                 root=str(state.model_path or config.model or DEFAULT_MODEL),
                 max_model_len=config.max_model_len,
+                dtype=state.engines.dtype if state.engines else None,
             )
             for name in state.names
         ]
@@ -155,10 +157,10 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
         if state.in_flight >= state.capacity:
             raise overloaded(retry_after_s=1)
         timeout = config.request_timeout
-        if body.stream:
-            events = service.stream(prepared, timeout)
-            return StreamingResponse(_admitted(state, events), media_type="text/event-stream")
         state.in_flight += 1
+        if body.stream:
+            # Counted from now, not from its first event, so a burst cannot slip past the check.
+            return AdmittedStream(state, service.stream(prepared, timeout))
         try:
             async with asyncio.timeout(timeout):
                 completion = await service.complete(prepared)
@@ -174,11 +176,15 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
     return app
 
 
-async def _admitted(state: ServerState, events: AsyncIterator[str]) -> AsyncIterator[str]:
-    """Count a streaming request as in flight for as long as its events flow."""
-    state.in_flight += 1
-    try:
-        async for event in events:
-            yield event
-    finally:
-        state.in_flight -= 1
+class AdmittedStream(StreamingResponse):
+    """An SSE response that holds its admission until the response ends, however it ends."""
+
+    def __init__(self, state: ServerState, events: AsyncIterator[str]) -> None:
+        super().__init__(events, media_type="text/event-stream")
+        self._state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._state.in_flight -= 1

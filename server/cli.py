@@ -1,14 +1,11 @@
-"""The `guardserve` command line: `serve` (more subcommands register themselves here)."""
+"""`guardserve serve`: its flags and the function that starts the server."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import sys
 
-from balto.cli import add_balto_parser
-from evals.cli import add_eval_parser
 from server.config import ServerConfig
 
 
@@ -26,6 +23,7 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--tensor-parallel-size", type=int, default=1)
     serve.add_argument("--data-parallel-size", type=int, default=1)
     serve.add_argument("--gpu-memory-utilization", type=float, default=0.1)
+    serve.add_argument("--kv-cache-memory-bytes", type=int, default=None)
     serve.add_argument("--plain-engine", choices=["vllm", "torch", "auto"], default="auto")
     serve.add_argument("--guard-default", choices=["on", "off"], default="off")
     serve.add_argument("--device", default="auto")
@@ -53,23 +51,3 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     DrainingServer.for_app(create_app(config), log_level=args.log_level).run()
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="guardserve")
-    commands = parser.add_subparsers(dest="command", required=True)
-    add_serve_parser(commands)
-    add_balto_parser(commands)
-    add_eval_parser(commands)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `guardserve` console script."""
-    args = build_parser().parse_args(argv)
-    return int(args.handler(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

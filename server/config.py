@@ -21,7 +21,12 @@ class ServerConfig(BaseModel):
     tensor_parallel_size: int = Field(1, ge=1)
     data_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(
-        0.1, gt=0.0, le=1.0, description="vLLM's KV-cache share of GPU memory (on CPU: of RAM)."
+        0.1, gt=0.0, le=1.0, description="vLLM's share of GPU memory (GPUs only)."
+    )
+    kv_cache_memory_bytes: int | None = Field(
+        None,
+        ge=1 << 20,
+        description="vLLM's KV cache in bytes; default on CPU: 1 GiB, on GPUs: from the share.",
     )
     plain_engine: Literal["vllm", "torch", "auto"] = "auto"
     guard_default: Literal["on", "off"] = "off"
@@ -29,7 +34,10 @@ class ServerConfig(BaseModel):
     torch_runners: int | None = Field(
         None, ge=1, description="Torch runners; default one per visible GPU, or one on CPU."
     )
-    dtype: str = Field("auto", description="Torch runner dtype: auto, float32, bfloat16.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Dtype of both engines; auto: bf16 on CUDA, else fp32.",
+    )
     enforce_eager: bool = True
     seed: int = 0
     request_timeout: float | None = Field(

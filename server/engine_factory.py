@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from engine.model_runner import ModelRunner, pick_device, pick_dtype
 from guard.config import MAX_CANDIDATES
-from guard.model_runner import ModelRunner
 from server.config import ServerConfig
 from server.engines.base import Engine
 from server.engines.dispatcher import LeastLoadedDispatcher
@@ -20,13 +20,20 @@ from server.engines.torch_engine import TorchEngine
 logger = logging.getLogger(__name__)
 
 
+# vLLM on CPU sizes its KV cache as a share of RAM, which fails or wastes memory depending on
+# the machine; a fixed byte budget behaves the same everywhere (46 KiB a token in fp32 for the
+# default model: 1 GiB holds ~23k tokens across all running requests).
+DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
+
+
 @dataclass(frozen=True)
 class Engines:
-    """The tokenizer shared by both paths, and the engine for each kind of request."""
+    """The tokenizer shared by both paths, the engine for each kind of request, their dtype."""
 
     tokenizer: PreTrainedTokenizerBase
     plain: Engine
     guard: Engine
+    dtype: str
 
 
 def choose_plain_engine(choice: str) -> str:
@@ -45,10 +52,27 @@ def runner_devices(config: ServerConfig) -> list[str]:
     return [device] * (config.torch_runners or 1)
 
 
+def engine_dtype(config: ServerConfig) -> str:
+    """The one dtype both engines run in, so toggling guard never changes the numerics."""
+    device = pick_device(runner_devices(config)[0])
+    return str(pick_dtype(config.dtype, device)).removeprefix("torch.")
+
+
+def vllm_kv_cache_bytes(config: ServerConfig) -> int | None:
+    """vLLM's KV budget in bytes: as given, else a fixed default on CPU, else None (the share)."""
+    if config.kv_cache_memory_bytes is not None:
+        return config.kv_cache_memory_bytes
+    return None if torch.cuda.is_available() else DEFAULT_CPU_KV_CACHE_BYTES
+
+
 def build_torch_engines(
-    model_path: Path, config: ServerConfig, tokenizer: PreTrainedTokenizerBase
+    model_path: Path, config: ServerConfig, tokenizer: PreTrainedTokenizerBase, dtype: str
 ) -> Engine:
-    """A slot-cache runner per device, each with its worker thread, behind one dispatcher."""
+    """A slot-cache runner per device, each with its worker thread, behind one dispatcher.
+
+    Each runner's metrics carry its own `engine` label (`torch-<device>`, numbered when several).
+    """
+    devices = runner_devices(config)
     engines = [
         TorchEngine(
             ModelRunner.load(
@@ -57,11 +81,12 @@ def build_torch_engines(
                 max_model_len=config.max_model_len,
                 max_candidates=MAX_CANDIDATES,
                 device=device,
-                dtype=config.dtype,
+                dtype=dtype,
             ),
             tokenizer,
+            label=f"torch-{device}" if len(devices) == 1 else f"torch-{index}-{device}",
         )
-        for device in runner_devices(config)
+        for index, device in enumerate(devices)
     ]
     return engines[0] if len(engines) == 1 else LeastLoadedDispatcher(engines)
 
@@ -69,9 +94,10 @@ def build_torch_engines(
 def build_engines(model_path: Path, config: ServerConfig) -> Engines:
     """The torch engine(s) for guarded requests and the plain engine chosen by --plain-engine."""
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-    torch_engine = build_torch_engines(model_path, config, tokenizer)
+    dtype = engine_dtype(config)
+    torch_engine = build_torch_engines(model_path, config, tokenizer, dtype)
     if choose_plain_engine(config.plain_engine) == "torch":
-        return Engines(tokenizer, torch_engine, torch_engine)
+        return Engines(tokenizer, torch_engine, torch_engine, dtype)
     from server.engines.vllm_engine import VllmEngine
 
     plain = VllmEngine.start(
@@ -81,7 +107,9 @@ def build_engines(model_path: Path, config: ServerConfig) -> Engines:
         tensor_parallel_size=config.tensor_parallel_size,
         data_parallel_size=config.data_parallel_size,
         gpu_memory_utilization=config.gpu_memory_utilization,
+        kv_cache_memory_bytes=vllm_kv_cache_bytes(config),
+        dtype=dtype,
         enforce_eager=config.enforce_eager,
         seed=config.seed,
     )
-    return Engines(tokenizer, plain, torch_engine)
+    return Engines(tokenizer, plain, torch_engine, dtype)

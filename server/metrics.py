@@ -94,6 +94,7 @@ GUARD_STAGE_SECONDS = Histogram(
 GUARD_BUFFER_BYTES = Gauge(
     "guardserve_guard_buffer_bytes",
     "Bytes of hidden states held by running guarded sequences (open segments and chains).",
+    ["engine"],
 )
 
 

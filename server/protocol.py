@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from engine.outputs import FinishReason
 from guard.report import GuardReport
 
 
@@ -116,9 +117,6 @@ class AssistantMessage(BaseModel):
     content: str
 
 
-FinishReason = Literal["stop", "length"]
-
-
 class Choice(BaseModel):
     """One generated alternative."""
 
@@ -182,6 +180,7 @@ class ModelCard(BaseModel):
     owned_by: str = "guardserve"
     root: str
     max_model_len: int
+    dtype: str | None = Field(None, description="The dtype both engines run in, once loaded.")
 
 
 class ModelList(BaseModel):

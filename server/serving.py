@@ -13,11 +13,12 @@ from dataclasses import dataclass, field, replace
 from pydantic import ValidationError
 from transformers import PreTrainedTokenizerBase
 
-from guard.config import GuardConfig
+from engine.outputs import SequenceOutput
+from engine.sampling import SamplingParams
+from guard.config import GuardConfig, GuardRun
 from guard.report import GuardReport
-from guard.sampling import SamplingParams
 from server import metrics
-from server.engines.base import Engine, EngineError, GenerationChunk, GuardRun
+from server.engines.base import Engine, EngineError
 from server.errors import invalid_request, model_not_found
 from server.protocol import (
     AssistantMessage,
@@ -46,14 +47,7 @@ class Prepared:
     arrival: float = field(default_factory=time.perf_counter)
 
 
-@dataclass
-class _Choice:
-    """Accumulated result of one choice."""
-
-    text: str = ""
-    completion_tokens: int = 0
-    finish_reason: str | None = None
-    report: GuardReport | None = None
+Output = SequenceOutput[GuardReport]
 
 
 def resolve_guard(
@@ -161,7 +155,7 @@ class ChatService:
             evidence = functools.partial(self.checker.evidence, context=prepared.context)
         return GuardRun(config, stream=prepared.request.stream, evidence=evidence)
 
-    def _generations(self, prepared: Prepared, rid: str) -> list[AsyncIterator[GenerationChunk]]:
+    def _generations(self, prepared: Prepared, rid: str) -> list[AsyncIterator[Output]]:
         engine = self._engine(prepared)
         run = self._guard_run(prepared)
         streams = [
@@ -174,8 +168,8 @@ class ChatService:
         return streams
 
     async def _with_claims(
-        self, stream: AsyncIterator[GenerationChunk], context: str
-    ) -> AsyncIterator[GenerationChunk]:
+        self, stream: AsyncIterator[Output], context: str
+    ) -> AsyncIterator[Output]:
         """Relay chunks; the final one gets the answer's claims and verdicts in its report."""
         text = ""
         async with aclosing(stream) as chunks:
@@ -191,11 +185,11 @@ class ChatService:
     async def complete(self, prepared: Prepared) -> ChatCompletion:
         """Run all choices to the end and build the non-streaming response."""
         rid = completion_id()
-        choices = [_Choice() for _ in prepared.params]
+        choices = [Output("", 0) for _ in prepared.params]
 
-        async def collect(index: int, stream: AsyncIterator[GenerationChunk]) -> None:
+        async def collect(index: int, stream: AsyncIterator[Output]) -> None:
             async for chunk in stream:
-                _absorb(choices[index], chunk)
+                choices[index] = _absorb(choices[index], chunk)
 
         with _Observation(prepared) as observation:
             await asyncio.gather(
@@ -230,10 +224,10 @@ class ChatService:
         rid = completion_id()
         created = int(time.time())
         model = prepared.request.model
-        choices = [_Choice() for _ in prepared.params]
-        events: asyncio.Queue[tuple[int, GenerationChunk | BaseException | None]] = asyncio.Queue()
+        choices = [Output("", 0) for _ in prepared.params]
+        events: asyncio.Queue[tuple[int, Output | BaseException | None]] = asyncio.Queue()
 
-        async def pump(index: int, stream: AsyncIterator[GenerationChunk]) -> None:
+        async def pump(index: int, stream: AsyncIterator[Output]) -> None:
             try:
                 async for chunk in stream:
                     await events.put((index, chunk))
@@ -272,7 +266,7 @@ class ChatService:
                         continue
                     if isinstance(item, BaseException):
                         raise item
-                    _absorb(choices[index], item)
+                    choices[index] = _absorb(choices[index], item)
                     if item.text:
                         observation.first_token()
                     delta = ChunkChoice(
@@ -308,7 +302,7 @@ class ChatService:
                 )
             yield "data: [DONE]\n\n"
 
-    def _usage(self, prepared: Prepared, choices: list[_Choice]) -> Usage:
+    def _usage(self, prepared: Prepared, choices: list[Output]) -> Usage:
         completion = sum(c.completion_tokens for c in choices)
         prompt = len(prepared.prompt_ids)
         return Usage(
@@ -316,14 +310,11 @@ class ChatService:
         )
 
 
-def _absorb(choice: _Choice, chunk: GenerationChunk) -> None:
-    choice.text += chunk.text
-    choice.completion_tokens = chunk.completion_tokens
-    if chunk.finish_reason is not None:
-        choice.finish_reason = chunk.finish_reason
-        choice.report = chunk.report
-        if chunk.report is not None:
-            metrics.observe_guard_report(chunk.report)
+def _absorb(choice: Output, chunk: Output) -> Output:
+    """A choice so far, followed by its next chunk; a final guard report feeds the metrics."""
+    if chunk.finish_reason is not None and chunk.report is not None:
+        metrics.observe_guard_report(chunk.report)
+    return choice.followed_by(chunk)
 
 
 def _error_event(message: str, kind: str, code: str) -> str:

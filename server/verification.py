@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 
 from guard.report import GuardReport
-from guard.verifier import Verification, Verifier, VerifierConfig
 from server.protocol import ChatMessage
+from verify.verifier import Verification, Verifier, VerifierConfig
 
 
 def conversation_context(messages: list[ChatMessage]) -> str:

@@ -2,37 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from collections.abc import AsyncIterator
+from typing import Protocol
 
-from guard.config import GuardConfig
+from engine.outputs import SequenceOutput
+from engine.sampling import SamplingParams
+from guard.config import GuardRun
 from guard.report import GuardReport
-from guard.sampling import SamplingParams
-
-
-@dataclass(frozen=True)
-class GuardRun:
-    """What a guarded generation needs beyond sampling.
-
-    `stream`: the client reads text as it comes, so accepted segments are released at once
-    instead of after the global check. `evidence`: E_k of a segment's text (Eq. 14), from the
-    claim verifier against the conversation; None means E_k = 1.
-    """
-
-    config: GuardConfig
-    stream: bool = False
-    evidence: Callable[[str], float] | None = None
-
-
-@dataclass(frozen=True)
-class GenerationChunk:
-    """New text of one generation; `completion_tokens` counts all tokens so far."""
-
-    text: str
-    completion_tokens: int
-    finish_reason: Literal["stop", "length"] | None = None
-    report: GuardReport | None = None
 
 
 class EngineError(RuntimeError):
@@ -50,7 +26,7 @@ class Engine(Protocol):
         prompt_ids: list[int],
         params: SamplingParams,
         guard: GuardRun | None = None,
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncIterator[SequenceOutput[GuardReport]]:
         """Stream chunks until the generation finishes; closing the iterator aborts it."""
         ...
 

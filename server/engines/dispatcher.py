@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-from guard.sampling import SamplingParams
-from server.engines.base import Engine, GenerationChunk, GuardRun
+from engine.outputs import SequenceOutput
+from engine.sampling import SamplingParams
+from guard.config import GuardRun
+from guard.report import GuardReport
+from server.engines.base import Engine
 
 
 class LeastLoadedDispatcher:
@@ -32,7 +35,7 @@ class LeastLoadedDispatcher:
         prompt_ids: list[int],
         params: SamplingParams,
         guard: GuardRun | None = None,
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncIterator[SequenceOutput[GuardReport]]:
         """Run the request on the least-loaded engine."""
         return self.pick().generate(request_id, prompt_ids, params, guard)
 

@@ -13,14 +13,17 @@ from dataclasses import dataclass, replace
 
 from transformers import PreTrainedTokenizerBase
 
-from guard.chains import choose_chain
-from guard.engine import LLMEngine
+from engine.llm_engine import LLMEngine
+from engine.model_runner import ModelRunner
+from engine.outputs import SequenceOutput
+from engine.sampling import SamplingParams
+from engine.sequence import Sequence
+from guard.chains import best_chain
+from guard.config import GuardRun
 from guard.guarded_sequence import GuardedSequence
-from guard.model_runner import ModelRunner
-from guard.sampling import SamplingParams
-from guard.sequence import Sequence, SequenceOutput
+from guard.report import GuardReport
 from server import metrics
-from server.engines.base import EngineError, GenerationChunk, GuardRun
+from server.engines.base import EngineError
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +31,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class _Submit:
     seq: Sequence
-    sink: asyncio.Queue[SequenceOutput | EngineError]
+    sink: asyncio.Queue[SequenceOutput[GuardReport] | EngineError]
     loop: asyncio.AbstractEventLoop
 
 
@@ -42,12 +45,14 @@ class TorchEngine:
 
     name = "torch"
 
-    def __init__(self, runner: ModelRunner, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(
+        self, runner: ModelRunner, tokenizer: PreTrainedTokenizerBase, label: str | None = None
+    ) -> None:
         self.runner = runner
         self.tokenizer = tokenizer
         self.eos_token_ids = runner.eos_token_ids(tokenizer)
         self.core = LLMEngine(runner)
-        self.label = f"torch-{runner.device}"
+        self.label = label or f"torch-{runner.device}"
         self._active = 0
         self._inbox: queue.SimpleQueue[_Submit | _Abort | None] = queue.SimpleQueue()
         self._sinks: dict[str, _Submit] = {}
@@ -65,19 +70,18 @@ class TorchEngine:
         prompt_ids: list[int],
         params: SamplingParams,
         guard: GuardRun | None = None,
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncIterator[SequenceOutput[GuardReport]]:
         """Stream a sequence's output; leaving early aborts it and frees its slot."""
-        if guard is not None and guard.config.mode == "guard" and guard.config.chains > 1:
-            yield await self._best_chain(request_id, prompt_ids, params, guard)
+        if guard is not None and guard.config.chains > 1:
+            yield await self._chains(request_id, prompt_ids, params, guard)
             return
-        async for chunk in self._run(self._make_sequence(request_id, prompt_ids, params, guard)):
-            yield chunk
+        async for output in self._run(self._make_sequence(request_id, prompt_ids, params, guard)):
+            yield output
 
-    async def _best_chain(
+    async def _chains(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams, guard: GuardRun
-    ) -> GenerationChunk:
-        """Decode `chains` chains side by side; answer with the best representative."""
-        config = guard.config
+    ) -> SequenceOutput[GuardReport]:
+        """Decode `chains` chains side by side (held to the end); the guard picks the answer."""
         seed = params.seed if params.seed is not None else random.randrange(2**31)
         held = replace(guard, stream=False)
         runs = [
@@ -90,35 +94,22 @@ class TorchEngine:
                     explore=c > 0,
                 )
             )
-            for c in range(config.chains)
+            for c in range(guard.config.chains)
         ]
-        results = await asyncio.gather(*runs)
-        scores = [
-            r.report.global_check.f_global
-            if r.report and r.report.outcome == "answered" and r.report.global_check
-            else None
-            for r in results
-        ]
-        best = choose_chain([r.text for r in results], scores, config.clusters, seed)
-        chosen = results[best]
-        report = chosen.report.model_copy(update={"chains": config.chains, "chain_scores": scores})
-        tokens = sum(r.completion_tokens for r in results)
-        return GenerationChunk(chosen.text, tokens, chosen.finish_reason, report)
+        return best_chain(list(await asyncio.gather(*runs)), guard.config.clusters, seed)
 
-    async def _collect(self, seq: Sequence) -> GenerationChunk:
-        """Run a sequence to its end; its whole text in one chunk (aborted if cancelled)."""
-        text = ""
-        last = GenerationChunk("", 0)
+    async def _collect(self, seq: Sequence) -> SequenceOutput[GuardReport]:
+        """Run a sequence to its end; its whole output as one (aborted if cancelled)."""
+        whole: SequenceOutput[GuardReport] = SequenceOutput("", 0)
         async with aclosing(self._run(seq)) as stream:
-            async for chunk in stream:
-                text += chunk.text
-                last = chunk
-        return replace(last, text=text)
+            async for output in stream:
+                whole = whole.followed_by(output)
+        return whole
 
-    async def _run(self, seq: Sequence) -> AsyncIterator[GenerationChunk]:
+    async def _run(self, seq: Sequence) -> AsyncIterator[SequenceOutput[GuardReport]]:
         """Submit a sequence to the worker and relay its outputs; leaving early aborts it."""
         request_id = seq.request_id
-        sink: asyncio.Queue[SequenceOutput | EngineError] = asyncio.Queue()
+        sink: asyncio.Queue[SequenceOutput[GuardReport] | EngineError] = asyncio.Queue()
         self._inbox.put(_Submit(seq, sink, asyncio.get_running_loop()))
         self._active += 1
         finished = False
@@ -128,9 +119,7 @@ class TorchEngine:
                 if isinstance(item, EngineError):
                     raise item
                 finished = item.finish_reason is not None
-                yield GenerationChunk(
-                    item.text, item.completion_tokens, item.finish_reason, item.report
-                )
+                yield item
         finally:
             self._active -= 1
             if not finished:
@@ -150,7 +139,7 @@ class TorchEngine:
         explore: bool = False,
     ) -> Sequence:
         args = (request_id, prompt_ids, params, self.tokenizer, self.eos_token_ids)
-        if guard is not None and guard.config.mode == "guard":
+        if guard is not None:
             return GuardedSequence(
                 *args,
                 self.runner.max_model_len,
@@ -205,9 +194,13 @@ class TorchEngine:
         scheduler = self.core.scheduler
         metrics.REQUESTS_RUNNING.labels(self.label).set(len(scheduler.running))
         metrics.REQUESTS_WAITING.labels(self.label).set(len(scheduler.waiting))
-        metrics.GUARD_BUFFER_BYTES.set(sum(seq.buffer_bytes() for seq in scheduler.running))
+        metrics.GUARD_BUFFER_BYTES.labels(self.label).set(
+            sum(seq.buffer_bytes() for seq in scheduler.running)
+        )
 
-    def _deliver(self, request_id: str, item: SequenceOutput | EngineError, done: bool) -> None:
+    def _deliver(
+        self, request_id: str, item: SequenceOutput[GuardReport] | EngineError, done: bool
+    ) -> None:
         submit = self._sinks.pop(request_id, None) if done else self._sinks.get(request_id)
         if submit is not None:
             submit.loop.call_soon_threadsafe(submit.sink.put_nowait, item)

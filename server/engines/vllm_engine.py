@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from guard.sampling import SamplingParams
+from engine.outputs import SequenceOutput
+from engine.sampling import SamplingParams
+from guard.config import GuardRun
+from guard.report import GuardReport
 from server import metrics
-from server.engines.base import EngineError, GenerationChunk, GuardRun
+from server.engines.base import EngineError
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -32,6 +35,8 @@ class VllmEngine:
         tensor_parallel_size: int,
         data_parallel_size: int,
         gpu_memory_utilization: float,
+        kv_cache_memory_bytes: int | None,
+        dtype: str,
         enforce_eager: bool,
         seed: int,
     ) -> VllmEngine:
@@ -46,6 +51,8 @@ class VllmEngine:
             tensor_parallel_size=tensor_parallel_size,
             data_parallel_size=data_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
+            kv_cache_memory_bytes=kv_cache_memory_bytes,
+            dtype=dtype,
             enforce_eager=enforce_eager,
             seed=seed,
             disable_log_stats=False,
@@ -62,7 +69,7 @@ class VllmEngine:
         prompt_ids: list[int],
         params: SamplingParams,
         guard: GuardRun | None = None,
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncIterator[SequenceOutput[GuardReport]]:
         """Stream deltas; closing the iterator early aborts the request inside vLLM."""
         from vllm import SamplingParams as VllmSamplingParams
         from vllm.inputs import TokensPrompt
@@ -92,7 +99,7 @@ class VllmEngine:
                 produced += len(completion.token_ids)
                 reason = completion.finish_reason
                 finished = output.finished
-                yield GenerationChunk(
+                yield SequenceOutput(
                     completion.text,
                     produced,
                     ("length" if reason == "length" else "stop") if finished else None,

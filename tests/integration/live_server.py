@@ -14,7 +14,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.launcher import (
+from benchmarks.launcher import (
     ServerStartError,
     free_port,
     log_tail,
@@ -22,7 +22,7 @@ from server.launcher import (
     stop_server,
     wait_ready,
 )
-from server.model_store import DEFAULT_MODEL
+from engine.model_store import DEFAULT_MODEL
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = DEFAULT_MODEL

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.launcher import RunningServer, serve
-from server.model_store import DEFAULT_MODEL
+from benchmarks.launcher import RunningServer, serve
+from engine.model_store import DEFAULT_MODEL
 
 pytestmark = pytest.mark.integration
 

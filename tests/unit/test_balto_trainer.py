@@ -13,13 +13,13 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from balto.cli import train_config
 from balto.config import TrainConfig
-from balto.export import MARKER_FILE, adapter_digest, export_adapter
+from balto.export import export_adapter
 from balto.rollout import Prompt, ResponseLabels, collect_rollouts, group_tensors
 from balto.trainer import BaltoTrainer, StepLog, group_logprobs
-from guard.model_runner import ModelRunner
-from guard.sampling import SamplingParams
-from server.cli import build_parser
-from server.model_store import prepare_balto
+from engine.model_runner import ModelRunner
+from engine.model_store import MARKER_FILE, adapter_digest, prepare_balto
+from engine.sampling import SamplingParams
+from guardserve.cli import build_parser
 from tests.unit.conftest import build_tiny_llama, build_tiny_tokenizer
 
 PROMPTS = [

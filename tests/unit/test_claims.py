@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from guard.claims import (
+from verify.claims import (
     extract_claims,
     normalize_entity,
     numbers_in,

@@ -6,8 +6,8 @@ import asyncio
 
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from guard.model_runner import ModelRunner
-from guard.sampling import SamplingParams
+from engine.model_runner import ModelRunner
+from engine.sampling import SamplingParams
 from server.engines.dispatcher import LeastLoadedDispatcher
 from server.engines.torch_engine import TorchEngine
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from guard.engine import LLMEngine
-from guard.model_runner import ModelRunner
-from guard.sampling import SamplingParams
-from guard.sequence import Sequence
+from engine.llm_engine import LLMEngine
+from engine.model_runner import ModelRunner
+from engine.sampling import SamplingParams
+from engine.sequence import Sequence
 
 
 class BrokenSequence(Sequence):

@@ -8,13 +8,13 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
+from engine.detokenizer import IncrementalDetokenizer
+from engine.llm_engine import LLMEngine
+from engine.model_runner import ModelRunner
+from engine.sampling import SamplingParams
+from engine.sequence import Sequence, SequenceOutput
 from guard.config import GuardConfig
-from guard.detokenizer import IncrementalDetokenizer
-from guard.engine import LLMEngine
 from guard.guarded_sequence import GuardedSequence
-from guard.model_runner import ModelRunner
-from guard.sampling import SamplingParams
-from guard.sequence import Sequence, SequenceOutput
 
 PROMPT = [5, 9, 14, 3, 22, 40]
 EOS = frozenset({0})

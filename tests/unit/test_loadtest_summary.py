@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "loadtests" / "run_headless.py"
 
 HEADER = (
     "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,"
@@ -41,12 +38,7 @@ GET,/v1/models,ConnectionError(),1,t0,t1
 
 @pytest.fixture(scope="module")
 def rh() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("run_headless", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["run_headless"] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("loadtests.run_headless")
 
 
 @pytest.fixture()

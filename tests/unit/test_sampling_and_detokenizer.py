@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from guard.detokenizer import IncrementalDetokenizer
-from guard.sampling import SamplingParams, filtered_logits, sample_token
+from engine.detokenizer import IncrementalDetokenizer
+from engine.sampling import SamplingParams, filtered_logits, sample_token
 
 
 def test_greedy_takes_the_argmax() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from guard.claims import Claim
-from guard.token_labels import FAITHFUL, HALLUCINATED, NEUTRAL, token_labels
-from guard.verifier import ClaimVerdict, Verification, Verifier, VerifierConfig
+from verify.claims import Claim
+from verify.token_labels import FAITHFUL, HALLUCINATED, NEUTRAL, token_labels
+from verify.verifier import ClaimVerdict, Verification, Verifier, VerifierConfig
 
 RESPONSE = "Revenue declined by 11.4% in 2024."
 CONTEXT = "Acme reported revenue of $12.4 billion in 2024. Jane Park is the CEO."

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from guard.judge import LLMJudge, parse_verdict
-from guard.verifier import ClaimVerdict, Verification, Verifier, VerifierConfig
+from verify.judge import LLMJudge, parse_verdict
+from verify.verifier import ClaimVerdict, Verification, Verifier, VerifierConfig
 
 CONTEXT = "Acme reported revenue of $12.4 billion in 2024. Jane Park is the CEO."
 

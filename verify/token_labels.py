@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from guard.verifier import Verification
+from verify.verifier import Verification
 
 HALLUCINATED = -1
 FAITHFUL = 1

@@ -1,6 +1,6 @@
 """Claim-level faithfulness verifier: checks a response's claims against a reference context.
 
-Each claim of the response (guard.claims) is checked in this order; the first check that
+Each claim of the response (verify.claims) is checked in this order; the first check that
 decides wins:
 
 1. exact: the claim text occurs verbatim in a context sentence.
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import BaseModel, computed_field
 
-from guard.claims import (
+from verify.claims import (
     Claim,
     DateAtom,
     extract_claims,
@@ -51,7 +51,7 @@ from guard.claims import (
     parse_dates,
     split_sentences,
 )
-from guard.judge import ClaimJudge
+from verify.judge import ClaimJudge
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

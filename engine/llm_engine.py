@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from guard.model_runner import ModelRunner
-from guard.scheduler import Scheduler
-from guard.sequence import Sequence, SequenceOutput
+from engine.model_runner import ModelRunner
+from engine.outputs import SequenceOutput
+from engine.scheduler import Scheduler
+from engine.sequence import Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ T = TypeVar("T")
 class StepResult:
     """Outputs of one engine step, per request id, and the size of the batched forward."""
 
-    outputs: dict[str, SequenceOutput]
+    outputs: dict[str, SequenceOutput[Any]]
     failed: dict[str, str]
     batch_size: int
 
@@ -63,7 +64,7 @@ class LLMEngine:
                 candidates.append(proposal)
         if batch:
             self._tree_step(batch, candidates, failed)
-        outputs: dict[str, SequenceOutput] = {}
+        outputs: dict[str, SequenceOutput[Any]] = {}
         for seq in [*admitted, *self.scheduler.running]:
             if seq.request_id in failed or seq.request_id in outputs:
                 continue

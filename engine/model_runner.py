@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from guard.kv_cache import SlotKVCache
+from engine.kv_cache import SlotKVCache
 
 
 @dataclass(frozen=True)

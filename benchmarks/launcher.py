@@ -49,7 +49,7 @@ def start_server(
     args: list[str], port: int, log_path: Path, env: Mapping[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """`guardserve serve ARGS` on 127.0.0.1:port in a process group of its own."""
-    command = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", "guardserve", "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port), *args]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from guard.sequence import Sequence
+from engine.sequence import Sequence
 
 
 class Scheduler:

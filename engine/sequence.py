@@ -1,19 +1,16 @@
-"""One request's decoding state in the torch engine: a plain sampled sequence."""
+"""One request's decoding state in the torch engine, and the hooks every sequence type offers."""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Literal
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from guard.detokenizer import IncrementalDetokenizer
-from guard.report import GuardReport
-from guard.sampling import SamplingParams, sample_token
-
-FinishReason = Literal["stop", "length"]
+from engine.detokenizer import IncrementalDetokenizer
+from engine.outputs import FinishReason, SequenceOutput
+from engine.sampling import SamplingParams, sample_token
 
 
 class Status(enum.Enum):
@@ -24,18 +21,21 @@ class Status(enum.Enum):
     FINISHED = "finished"
 
 
-@dataclass
-class SequenceOutput:
-    """Output produced since the last time the consumer looked."""
-
-    text: str
-    completion_tokens: int
-    finish_reason: FinishReason | None
-    report: GuardReport | None = None
-
-
 class Sequence:
-    """A plain request: samples one token per step and feeds it as a single candidate."""
+    """A plain request: samples one token per step and feeds it as a single candidate.
+
+    It is also the engine's extension point. `LLMEngine.step()` drives every sequence through
+    the same hooks, and a richer sequence type (the guard's) overrides them:
+
+    - `on_prefill(logits, prompt_state)`: once, after the prompt is in the cache.
+    - `propose() -> list[int] | None`: the candidate tokens (at most the runner's
+      `max_candidates`) to evaluate side by side at the next position; None once finished.
+    - `choose(hidden) -> int`: which candidate to keep, given their hidden states [M, d].
+    - `advance(logits) -> int`: the kept candidate's next-token logits; returns -1, or how
+      many output tokens the slot keeps (the engine rolls the cache back to that length).
+    - `take_output() -> SequenceOutput | None`: what to send the client since the last call.
+    - `buffer_bytes()`: bytes of hidden states held, for the memory gauge.
+    """
 
     def __init__(
         self,
@@ -98,7 +98,7 @@ class Sequence:
         """Bytes of hidden states this sequence holds (none for plain decoding)."""
         return 0
 
-    def take_output(self) -> SequenceOutput | None:
+    def take_output(self) -> SequenceOutput[Any] | None:
         """Text and status produced since the last call (None if there is nothing new)."""
         if not self._unsent and not self.finished:
             return None

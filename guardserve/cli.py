@@ -1,0 +1,32 @@
+"""The `guardserve` command: `serve`, `balto`, `eval`, each registered by its own package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from balto.cli import add_balto_parser
+from evals.cli import add_eval_parser
+from guardserve import __version__
+from server.cli import add_serve_parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="guardserve")
+    parser.add_argument("--version", action="version", version=f"guardserve {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_serve_parser(commands)
+    add_balto_parser(commands)
+    add_eval_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `guardserve` console script."""
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

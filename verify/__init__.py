@@ -1,0 +1,1 @@
+"""Claim verification: claim extraction, the rule verifier, the optional LLM judge, token labels."""
