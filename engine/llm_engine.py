@@ -100,7 +100,9 @@ class LLMEngine:
         rows: list[int] = []
         picks: list[int] = []
         for row, seq in enumerate(batch):
-            chosen = self._guarded(seq, failed, seq.choose, out.hidden[row, : len(candidates[row])])
+            m = len(candidates[row])
+            probe = None if out.probe is None else out.probe[row, :m]
+            chosen = self._guarded(seq, failed, seq.choose, out.hidden[row, :m], probe)
             if chosen is not None:
                 rows.append(row)
                 picks.append(chosen)

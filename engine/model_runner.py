@@ -21,7 +21,8 @@ class PrefillOutput:
 
 @dataclass(frozen=True)
 class TreeOutput:
-    """Per row and candidate: final-layer states [B, M, d] and penultimate-layer states [B, M, d].
+    """Per row and candidate: final-layer states [B, M, d], penultimate-layer states [B, M, d]
+    and, when the runner has a probe layer, that layer's states [B, M, d] (float32).
 
     `ModelRunner.logits(final[b, i])` is candidate i's next-token distribution; the engine asks
     only for the chosen candidates', sparing the vocabulary projection of the others.
@@ -29,6 +30,7 @@ class TreeOutput:
 
     final: torch.Tensor
     hidden: torch.Tensor
+    probe: torch.Tensor | None = None
 
 
 def pick_device(device: str) -> torch.device:
@@ -55,6 +57,7 @@ class ModelRunner:
         num_slots: int,
         max_model_len: int,
         max_candidates: int,
+        probe_layer: int | None = None,
     ) -> None:
         self.model = model.eval()
         config = model.config
@@ -62,6 +65,8 @@ class ModelRunner:
         self.max_model_len = max_model_len
         self.max_candidates = max_candidates
         self.num_slots = num_slots
+        # Hidden-state layer a hallucination probe reads (0: embeddings, i: after block i).
+        self.probe_layer = probe_layer
         head_dim = (
             getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         )
@@ -212,4 +217,5 @@ class ModelRunner:
             output_hidden_states=True,
         )
         penultimate = base.hidden_states[-2]
-        return TreeOutput(final=base.last_hidden_state, hidden=penultimate.float())
+        probe = None if self.probe_layer is None else base.hidden_states[self.probe_layer].float()
+        return TreeOutput(final=base.last_hidden_state, hidden=penultimate.float(), probe=probe)

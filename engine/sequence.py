@@ -30,7 +30,8 @@ class Sequence:
     - `on_prefill(logits, prompt_state)`: once, after the prompt is in the cache.
     - `propose() -> list[int] | None`: the candidate tokens (at most the runner's
       `max_candidates`) to evaluate side by side at the next position; None once finished.
-    - `choose(hidden) -> int`: which candidate to keep, given their hidden states [M, d].
+    - `choose(hidden, probe) -> int`: which candidate to keep, given their penultimate-layer
+      states [M, d] and, when the runner has a probe layer, that layer's states [M, d].
     - `advance(logits) -> int`: the kept candidate's next-token logits; returns -1, or how
       many output tokens the slot keeps (the engine rolls the cache back to that length).
     - `take_output() -> SequenceOutput | None`: what to send the client since the last call.
@@ -82,8 +83,8 @@ class Sequence:
         self._accept(token)
         return None if self.finished else [token]
 
-    def choose(self, hidden: torch.Tensor) -> int:
-        """Pick one of the proposed candidates given their penultimate states [M, d]."""
+    def choose(self, hidden: torch.Tensor, probe: torch.Tensor | None = None) -> int:
+        """Pick one of the proposed candidates given their penultimate (and probe) states."""
         return 0
 
     def advance(self, logits: torch.Tensor) -> int:

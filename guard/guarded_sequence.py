@@ -137,7 +137,7 @@ class GuardedSequence(Sequence):
         self._step_started = time.perf_counter()
         return self._proposed[0]
 
-    def choose(self, hidden: torch.Tensor) -> int:
+    def choose(self, hidden: torch.Tensor, probe: torch.Tensor | None = None) -> int:
         """Score the candidates from their states (Eq. 5-6) and keep the best one (Eq. 7)."""
         tokens, probs = self._proposed
         segment = self._segment

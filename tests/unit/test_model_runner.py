@@ -110,3 +110,20 @@ def test_prompt_anchor_is_mean_penultimate_state(tiny_llama: LlamaForCausalLM) -
     with torch.inference_mode():
         states = tiny_llama(torch.tensor([PROMPTS[1]]), output_hidden_states=True).hidden_states
     torch.testing.assert_close(out.hidden[1], states[-2][0].mean(0), atol=1e-4, rtol=1e-4)
+
+
+def test_tree_step_probe_layer_states_equal_full_forward(tiny_llama: LlamaForCausalLM) -> None:
+    layer = 1
+    runner = ModelRunner(
+        tiny_llama, num_slots=2, max_model_len=64, max_candidates=4, probe_layer=layer
+    )
+    prompt = PROMPTS[0]
+    runner.extend([1], [prompt])
+    candidates = [11, 12, 13]
+    step = runner.tree_step([1], [candidates])
+    assert step.probe is not None
+    for index, token in enumerate(candidates):
+        with torch.inference_mode():
+            out = tiny_llama(torch.tensor([[*prompt, token]]), output_hidden_states=True)
+        expected = out.hidden_states[layer][0, -1].float()
+        torch.testing.assert_close(step.probe[0, index], expected, atol=1e-4, rtol=1e-4)
