@@ -1,10 +1,14 @@
 """Token-Guard hyperparameters (seed 004) with paper defaults and validated ranges."""
 
+from __future__ import annotations
+
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from verify.verifier import Verification
 
 MAX_CANDIDATES = 16
 
@@ -72,6 +76,17 @@ class GuardConfig(BaseModel):
         description="E_k of Eq. 14 from the claim verifier against the conversation "
         "(share of the segment's claims it supports); off: E_k = 1.",
     )
+    token_score: Literal["probe", "paper"] | None = Field(
+        None,
+        description="Hidden-state term of F_tok: 'probe' (1 - the model's hallucination probe "
+        "risk) or 'paper' (cos(h, h-bar)); default: probe when the model has one.",
+    )
+    claim_rollback: bool = Field(
+        True,
+        description="A closed segment with a claim the verifier finds unsupported is rolled "
+        "back to that claim's first token, which is banned there, and re-decoded (at most "
+        "n_max times); needs use_evidence.",
+    )
     include_claims: bool = Field(
         False, description="Add the answer's claims and their verdicts to the report."
     )
@@ -101,9 +116,31 @@ class GuardConfig(BaseModel):
         return self
 
     @classmethod
-    def merged(cls, base: "GuardConfig", overrides: dict[str, Any]) -> Self:
+    def merged(cls, base: GuardConfig, overrides: dict[str, Any]) -> Self:
         """Apply per-request overrides (only the keys to change) to server defaults; re-validate."""
         return cls.model_validate({**base.model_dump(), **overrides})
+
+
+@dataclass(frozen=True)
+class SegmentEvidence:
+    """What the claim verifier says of a segment: E_k (share of its claims the context
+    supports, 1.0 without claims) and the char offset where its first unsupported claim starts."""
+
+    share: float
+    first_unsupported: int | None = None
+
+    @classmethod
+    def of(cls, verification: Verification) -> SegmentEvidence:
+        """From the verifier's verdicts: where the earliest wrong span (or claim) starts."""
+        starts = [
+            v.wrong_span[0] if v.wrong_span else v.claim.start
+            for v in verification.verdicts
+            if not v.supported
+        ]
+        return cls(verification.faithful_share, min(starts) if starts else None)
+
+
+EvidenceCheck = Callable[[str], SegmentEvidence]
 
 
 @dataclass(frozen=True)
@@ -111,10 +148,10 @@ class GuardRun:
     """What a guarded generation needs beyond sampling.
 
     `stream`: the client reads text as it comes, so accepted segments are released at once
-    instead of after the global check. `evidence`: E_k of a segment's text (Eq. 14), from the
-    claim verifier against the conversation; None means E_k = 1.
+    instead of after the global check. `evidence`: the claim verifier's view of a segment's
+    text against the conversation (E_k of Eq. 14, the claim to roll back); None means E_k = 1.
     """
 
     config: GuardConfig
     stream: bool = False
-    evidence: Callable[[str], float] | None = None
+    evidence: EvidenceCheck | None = None

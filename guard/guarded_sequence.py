@@ -13,11 +13,11 @@ from engine.outputs import SequenceOutput
 from engine.sampling import SamplingParams
 from engine.sequence import Sequence
 from guard import scoring
-from guard.config import GuardConfig
+from guard.config import EvidenceCheck, GuardConfig, SegmentEvidence
 from guard.report import GlobalReport, GuardReport, SegmentReport
 
 Embedder = Callable[[list[int]], torch.Tensor]
-EvidenceScorer = Callable[[str], float]
+RiskScorer = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class TokenRecord:
     hidden: torch.Tensor
     score: float
     options: Shortlist
+    risk: float | None = None
 
 
 @dataclass
@@ -92,14 +93,17 @@ class GuardedSequence(Sequence):
         max_model_len: int,
         config: GuardConfig,
         embed: Embedder,
-        evidence: EvidenceScorer | None = None,
+        evidence: EvidenceCheck | None = None,
         hold_until_checked: bool = True,
         explore: bool = False,
+        risk: RiskScorer | None = None,
     ) -> None:
         super().__init__(request_id, prompt_ids, params, tokenizer, eos_token_ids, max_model_len)
         self.config = config
         self.embed = embed
         self.evidence = evidence
+        # The probe's P(unsupported) of a candidate state replaces cos(h, h-bar) in F_tok.
+        self.risk = risk if config.token_score != "paper" else None
         self.hold_until_checked = hold_until_checked
         self.explore = explore and config.sampling_temperature > 0
         self.tau_low = config.tau_low
@@ -141,7 +145,11 @@ class GuardedSequence(Sequence):
         """Score the candidates from their states (Eq. 5-6) and keep the best one (Eq. 7)."""
         tokens, probs = self._proposed
         segment = self._segment
-        f = scoring.token_scores(hidden.float(), segment.mean, probs, self.config.lam)
+        risks = None if self.risk is None or probe is None else self.risk(probe)
+        if risks is None:
+            f = scoring.token_scores(hidden.float(), segment.mean, probs, self.config.lam)
+        else:
+            f = scoring.probe_token_scores(risks.cpu(), probs, self.config.lam)
         chosen, passed = scoring.select_candidate(f, self.config.tau_token)
         if self.explore:
             chosen = self._sample_choice(f, probs)
@@ -152,7 +160,9 @@ class GuardedSequence(Sequence):
         segment.count += 1
         self._ended = tokens[chosen] in self.eos_token_ids and not self.params.ignore_eos
         if not self._ended:
-            segment.tokens.append(TokenRecord(tokens[chosen], state, float(f[chosen]), self._next))
+            risk = None if risks is None else float(risks[chosen])
+            record = TokenRecord(tokens[chosen], state, float(f[chosen]), self._next, risk)
+            segment.tokens.append(record)
         self._track_buffer()
         return chosen
 
@@ -192,16 +202,28 @@ class GuardedSequence(Sequence):
         )
         ids = [t.token for t in segment.tokens]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        evidence = self.evidence(text) if self.evidence is not None else 1.0
+        evidence = self.evidence(text) if self.evidence is not None else SegmentEvidence(1.0)
         decision = scoring.segment_decision(score.total, self.tau_low, self.tau_high)
+        if decision == "accept" and float(f.min()) < self.config.tau_token:
+            decision = "refine"  # Eq. 7: a token below tau_token is pruned, not kept
+        unsupported = evidence.first_unsupported if self.config.claim_rollback else None
         self.report.timings.segment_s += time.perf_counter() - started
-        if decision == "refine" and segment.refinements < self.config.n_max:
-            return self._refine(f)
+        can_retry = segment.refinements < self.config.n_max
+        if unsupported is not None:
+            if can_retry:
+                self.report.claim_rollbacks += 1
+                at = self._token_at(ids, unsupported)
+                return self._regenerate(start=at, ban_at=at)
+            decision = "discard"
+        elif decision == "refine" and can_retry:
+            low = int(f.argmin())
+            return self._regenerate(start=scoring.refinement_window(f)[0], ban_at=low)
         status = (
             "discarded"
             if decision != "accept"
             else ("refined" if segment.refinements else "accepted")
         )
+        risks = [t.risk for t in segment.tokens if t.risk is not None]
         closed = ClosedSegment(
             token_ids=ids,
             report=SegmentReport(
@@ -209,7 +231,8 @@ class GuardedSequence(Sequence):
                 token_score=score.token_score,
                 consistency=score.consistency,
                 alignment=score.alignment,
-                evidence=evidence,
+                evidence=evidence.share,
+                probe_risk=sum(risks) / len(risks) if risks else None,
                 total=score.total,
                 status=status,
                 refinements=segment.refinements,
@@ -220,6 +243,9 @@ class GuardedSequence(Sequence):
         )
         self.report.segments.append(closed.report)
         if status == "discarded":
+            if self.chain and self.config.on_failure == "refuse":
+                # Algorithm 1: the discarded segment is dropped; the accepted ones answer.
+                return self._end_chain()
             self._fail("segment_discarded")
             return None
         self.chain.append(closed)
@@ -231,14 +257,16 @@ class GuardedSequence(Sequence):
         self._open_segment()
         return None
 
-    def _refine(self, f: torch.Tensor) -> int:
-        """Eq. 13: ban the weakest token at its position and regenerate from its window's start."""
+    def _regenerate(self, start: int, ban_at: int) -> int:
+        """Ban the token at `ban_at` there and re-decode the open segment from `start`.
+
+        Eq. 13's refinement (the weakest token, from its window's start) and the claim
+        rollback (the unsupported claim's first token, from itself) both come here.
+        """
         started = time.perf_counter()
         segment = self._segment
         segment.refinements += 1
-        low = int(f.argmin())
-        start, _ = scoring.refinement_window(f)
-        segment.banned.setdefault(low, set()).add(segment.tokens[low].token)
+        segment.banned.setdefault(ban_at, set()).add(segment.tokens[ban_at].token)
         segment.banned = {pos: ban for pos, ban in segment.banned.items() if pos >= start}
         self._next = segment.tokens[start].options
         del segment.tokens[start:]
@@ -248,6 +276,13 @@ class GuardedSequence(Sequence):
             segment.count += 1
         self.report.timings.refinement_s += time.perf_counter() - started
         return self._chain_tokens() + len(segment.tokens)
+
+    def _token_at(self, ids: list[int], offset: int) -> int:
+        """Index of the token whose decoded text covers char `offset` of the segment's text."""
+        for index in range(len(ids)):
+            if len(self.tokenizer.decode(ids[: index + 1], skip_special_tokens=True)) > offset:
+                return index
+        return len(ids) - 1
 
     def _open_segment(self) -> None:
         mean, count = self._segment_start_mean()
@@ -270,6 +305,7 @@ class GuardedSequence(Sequence):
             f_fact=f_fact,
             f_logic=f_logic,
             f_global=f_global,
+            probe_risk=self._chain_risk(),
             iterations=self.iterations,
             tau_low=self.tau_low,
             tau_high=self.tau_high,
@@ -304,6 +340,16 @@ class GuardedSequence(Sequence):
         self._next = self._first_options
         self._open_segment()
         return 0
+
+    def _chain_risk(self) -> float | None:
+        """Mean probe risk over the chain's tokens (None without a probe)."""
+        pairs = [
+            (s.report.probe_risk, len(s.token_ids))
+            for s in self.chain
+            if s.report.probe_risk is not None
+        ]
+        tokens = sum(n for _, n in pairs)
+        return sum(r * n for r, n in pairs) / tokens if tokens else None
 
     def _global_scores(self) -> tuple[float, float, float]:
         totals = torch.tensor([s.report.total for s in self.chain])

@@ -20,6 +20,9 @@ class SegmentReport(BaseModel):
     consistency: float
     alignment: float
     evidence: float = 1.0
+    probe_risk: float | None = Field(
+        None, description="Mean hallucination-probe risk of the segment's tokens."
+    )
     total: float
     status: SegmentStatus
     refinements: int = 0
@@ -31,6 +34,9 @@ class GlobalReport(BaseModel):
     f_fact: float
     f_logic: float
     f_global: float
+    probe_risk: float | None = Field(
+        None, description="Mean hallucination-probe risk of the answer's tokens."
+    )
     iterations: int
     tau_low: float
     tau_high: float
@@ -67,3 +73,6 @@ class GuardReport(BaseModel):
         default_factory=list, description="F_global per sampled chain (None: chain failed)."
     )
     low_confidence_tokens: int = 0
+    claim_rollbacks: int = Field(
+        0, description="Segments rolled back to a claim the verifier found unsupported."
+    )

@@ -29,6 +29,13 @@ def token_scores(
     return lam * cosine(candidate_hidden, running_mean) + (1 - lam) * candidate_probs
 
 
+def probe_token_scores(
+    candidate_risk: torch.Tensor, candidate_probs: torch.Tensor, lam: float
+) -> torch.Tensor:
+    """Eq. 5-6 with the probe: F_tok = lam * (1 - P(unsupported | h)) + (1 - lam) * P(a)."""
+    return lam * (1 - candidate_risk) + (1 - lam) * candidate_probs
+
+
 def select_candidate(
     scores: torch.Tensor, tau_token: float, banned: torch.Tensor | None = None
 ) -> tuple[int, bool]:
@@ -97,17 +104,19 @@ def fact_score(
     evidence: torch.Tensor,
     normalize_by_k: bool,
 ) -> float:
-    """Eq. 14: F_fact = [1/K] sum_k w_k F_seg(C_k), w_k = |f_k| E_k / sum_j |f_j| E_j.
+    """Eq. 14 with E_k as a gate: F_fact = [1/K] sum_k w_k F_seg(C_k) * min_k E_k.
 
-    Uniform weights when the denominator is 0; the printed 1/K only if normalize_by_k.
+    w_k = |f_k| / sum_j |f_j| (uniform when the denominator is 0). The paper puts E_k inside
+    the weights, where an unsupported claim only shifts weight between segments (with one
+    segment it changes nothing); as a factor, the least supported segment bounds the chain.
+    The printed 1/K only if normalize_by_k.
     """
     k = len(totals)
     if k == 0:
         raise ValueError("a chain needs at least one segment")
-    mass = score_norms * evidence
-    denom = float(mass.sum())
-    w = mass / denom if denom != 0 else torch.full_like(totals, 1.0 / k)
-    fact = float(w @ totals)
+    denom = float(score_norms.sum())
+    w = score_norms / denom if denom != 0 else torch.full_like(totals, 1.0 / k)
+    fact = float(w @ totals) * float(evidence.min())
     return fact / k if normalize_by_k else fact
 
 

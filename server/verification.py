@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from guard.config import SegmentEvidence
 from guard.report import GuardReport
 from server.protocol import ChatMessage
 from verify.verifier import Verification, Verifier, VerifierConfig
@@ -37,10 +38,11 @@ class ClaimChecker:
         with self._lock:
             return self._verifier.verify(text, context)
 
-    def evidence(self, text: str, context: str) -> float:
-        """E_k: the share of the segment's claims the context supports (1.0 without claims)."""
+    def evidence(self, text: str, context: str) -> SegmentEvidence:
+        """E_k (the share of the segment's claims the context supports) and the first claim
+        the context does not support, for Token-Guard's rollback."""
         with self._rules_lock:
-            return self._rules.verify(text, context).faithful_share
+            return SegmentEvidence.of(self._rules.verify(text, context))
 
     def annotate(self, report: GuardReport | None, text: str, context: str) -> GuardReport:
         """The report (a verify-mode one if there is none) with the answer's claims added."""

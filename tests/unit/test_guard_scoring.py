@@ -114,16 +114,26 @@ def test_refinement_window(f: list[float], window: tuple[int, int]) -> None:
 
 
 def test_fact_score_weights_and_optional_1_over_k() -> None:
-    # w = [1*1, 3*1] / 4 = [0.25, 0.75] -> 0.25*0.8 + 0.75*0.4 = 0.5
+    # w = [1, 3] / 4 = [0.25, 0.75] -> 0.25*0.8 + 0.75*0.4 = 0.5
     args = (t(0.8, 0.4), t(1.0, 3.0), t(1.0, 1.0))
     assert scoring.fact_score(*args, normalize_by_k=False) == pytest.approx(0.5)
     assert scoring.fact_score(*args, normalize_by_k=True) == pytest.approx(0.25)
-    assert scoring.fact_score(t(0.8, 0.4), t(1.0, 3.0), t(1.0, 0.0), False) == pytest.approx(0.8)
+
+
+def test_fact_score_evidence_gates_instead_of_weighting() -> None:
+    # The least supported segment bounds F_fact, also with a single segment.
+    assert scoring.fact_score(t(0.8, 0.4), t(1.0, 3.0), t(1.0, 0.5), False) == pytest.approx(0.25)
+    assert scoring.fact_score(t(0.9), t(2.0), t(0.0), False) == pytest.approx(0.0)
+    assert scoring.fact_score(t(0.9), t(2.0), t(0.5), False) == pytest.approx(0.45)
 
 
 def test_fact_score_zero_denominator_uses_uniform_weights() -> None:
-    assert scoring.fact_score(t(0.8, 0.4), t(1.0, 3.0), t(0.0, 0.0), False) == pytest.approx(0.6)
     assert scoring.fact_score(t(0.8, 0.4), t(0.0, 0.0), t(1.0, 1.0), False) == pytest.approx(0.6)
+
+
+def test_probe_token_scores() -> None:
+    scores = scoring.probe_token_scores(t(0.1, 0.9), t(0.5, 0.5), lam=0.6)
+    assert scores.tolist() == pytest.approx([0.6 * 0.9 + 0.2, 0.6 * 0.1 + 0.2])
 
 
 def test_fact_score_single_segment() -> None:

@@ -1,0 +1,95 @@
+"""The hidden-state hallucination probe: a logistic regression from one layer's state to risk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field, PrivateAttr
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+PROBE_FILE = "guard_probe.json"
+
+
+class ProbeFit(BaseModel):
+    """How a probe was made and how well it separates, for the record shipped with it."""
+
+    model: str
+    fit_lines: tuple[int, int]
+    select_lines: tuple[int, int]
+    answers: int
+    tokens: int
+    auroc: dict[str, float] = Field(
+        default_factory=dict, description="Answer-level AUROC on the selection lines, by score."
+    )
+    layer_auroc: dict[int, float] = Field(
+        default_factory=dict, description="Answer-level AUROC of the probe at each layer swept."
+    )
+
+
+class HallucinationProbe(BaseModel):
+    """P(unsupported) of a token from its state at `layer`: standardise, then a logistic model.
+
+    Stored as plain numbers (a few KiB of JSON), so loading needs neither pickle nor sklearn.
+    """
+
+    layer: int
+    mean: list[float]
+    scale: list[float]
+    coef: list[float]
+    intercept: float
+    fit: ProbeFit | None = None
+    _weights_on: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = PrivateAttr(None)
+
+    @classmethod
+    def train(
+        cls, layer: int, states: np.ndarray, unsupported: np.ndarray, c: float = 0.05
+    ) -> HallucinationProbe:
+        """Fit on token states [N, d] with labels 1 = unsupported, 0 = supported."""
+        pipeline = make_pipeline(
+            StandardScaler(), LogisticRegression(C=c, max_iter=2000, class_weight="balanced")
+        )
+        pipeline.fit(states.astype(np.float64), unsupported.astype(int))
+        scaler, logistic = pipeline[0], pipeline[1]
+        return cls(
+            layer=layer,
+            mean=scaler.mean_.tolist(),
+            scale=scaler.scale_.tolist(),
+            coef=logistic.coef_[0].tolist(),
+            intercept=float(logistic.intercept_[0]),
+        )
+
+    def risk(self, states: torch.Tensor) -> torch.Tensor:
+        """P(unsupported) of each state [..., d] (float32 out)."""
+        mean, scale, coef = self._weights(states.device)
+        logits = ((states.float() - mean) / scale) @ coef + self.intercept
+        return torch.sigmoid(logits)
+
+    def risk_numpy(self, states: np.ndarray) -> np.ndarray:
+        """P(unsupported) of each row of a [N, d] array."""
+        z = (states.astype(np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
+        return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.coef) + self.intercept)))
+
+    def _weights(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The standardisation and weights as float32 tensors on `device`, made once."""
+        if self._weights_on is None or self._weights_on[0].device != device:
+            mean, scale, coef = (
+                torch.tensor(v, dtype=torch.float32, device=device)
+                for v in (self.mean, self.scale, self.coef)
+            )
+            self._weights_on = (mean, scale, coef)
+        return self._weights_on
+
+    def save(self, path: Path) -> None:
+        """Write the probe as JSON."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.model_dump(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> HallucinationProbe:
+        """Read a probe written by `save`."""
+        return cls.model_validate_json(path.read_text())

@@ -1,0 +1,238 @@
+"""`guardserve guard fit-probe`: the model's own answers on dev lines, their states, a probe.
+
+On-policy data: the served model answers HaluEval development questions greedily on the torch
+engine; each answer is labelled by whether it contains the normalised gold answer (a label
+independent of the claim verifier). A teacher-forced forward over prompt + answer gives every
+answer token's hidden state at the layers swept; a logistic probe per layer is fitted on the
+fit lines (each token carries its answer's label) and judged by answer-level AUROC (mean token
+risk) on separate selection lines, beside the scores Token-Guard already has: P(a), entropy,
+log-probability, cos(h, h-bar) and the paper's F_tok.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from engine.model_runner import ModelRunner
+from evals.halueval import HaluEvalItem, load_halueval
+from evals.metrics import normalize_answer
+from evals.prompts import grounded_messages
+from guard.probe import HallucinationProbe, ProbeFit
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LAYERS = (0, 4, 8, 12, 14, 16, 18, 20, 22, 24, 26, 28, 29)
+SCORE_TEMPERATURE = 0.3
+LAM = 0.6
+
+
+@dataclass
+class AnswerStates:
+    """One answer: its label, per-token states at each layer, and per-token baseline scores."""
+
+    line: int
+    text: str
+    correct: bool
+    states: dict[int, np.ndarray]
+    baselines: dict[str, np.ndarray]
+
+
+def contains_gold(answer: str, gold: str) -> bool:
+    """Whether the normalised answer contains the normalised gold answer."""
+    expected = normalize_answer(gold)
+    return bool(expected) and expected in normalize_answer(answer)
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, item: HaluEvalItem) -> list[int]:
+    """The grounded prompt of an item in the chat template, ready for the answer."""
+    text = tokenizer.apply_chat_template(
+        grounded_messages(item.knowledge, item.question), add_generation_prompt=True, tokenize=False
+    )
+    return list(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+@torch.inference_mode()
+def greedy_answers(
+    runner: ModelRunner,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[int]],
+    max_tokens: int,
+) -> list[list[int]]:
+    """Greedy answers of a batch of prompts (end-of-sequence not included).
+
+    transformers' `generate` over left-padded prompts: an offline job that wants throughput
+    over many prompts of similar length, not the serving engine's per-slot bookkeeping.
+    """
+    eos = runner.eos_token_ids(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
+    out = runner.model.generate(
+        input_ids=ids.to(runner.device),
+        attention_mask=mask.to(runner.device),
+        max_new_tokens=max_tokens,
+        do_sample=False,
+        eos_token_id=sorted(eos),
+        pad_token_id=pad,
+    )
+    answers = []
+    for row in out[:, width:].tolist():
+        cut = next((i for i, token in enumerate(row) if token in eos), len(row))
+        answers.append(row[:cut])
+    return answers
+
+
+@torch.inference_mode()
+def answer_states(
+    runner: ModelRunner, prompt: list[int], answer: list[int], layers: tuple[int, ...]
+) -> tuple[dict[int, np.ndarray], dict[str, np.ndarray]]:
+    """Teacher-forced states of the answer tokens at `layers`, and baseline scores per token.
+
+    The state of answer token t is taken at t's own position (as the tree step sees a
+    candidate); P(a), entropy and log-probability come from the logits one position earlier.
+    """
+    model = runner.model
+    ids = torch.tensor([prompt + answer], device=runner.device)
+    out = model(ids, output_hidden_states=True)
+    n, start = len(answer), len(prompt)
+    hidden = out.hidden_states
+    states = {
+        layer: hidden[layer][0, start : start + n].float().cpu().numpy().astype(np.float16)
+        for layer in layers
+    }
+    logits = out.logits[0, start - 1 : start + n - 1].float()
+    target = torch.tensor(answer, device=logits.device)
+    log_probs = torch.log_softmax(logits, dim=-1)
+    logprob = log_probs.gather(1, target[:, None])[:, 0]
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    p_a = torch.softmax(logits / SCORE_TEMPERATURE, dim=-1).gather(1, target[:, None])[:, 0]
+    penultimate = hidden[-2][0].float()
+    running = penultimate[:start].mean(0)
+    cosines = []
+    for t in range(n):
+        h = penultimate[start + t]
+        cosines.append(float(torch.nn.functional.cosine_similarity(h, running, dim=0)))
+        running = running + (h - running) / (t + 2)
+    cos = torch.tensor(cosines)
+    baselines = {
+        "p_a": p_a.cpu().numpy(),
+        "entropy": entropy.cpu().numpy(),
+        "logprob": logprob.cpu().numpy(),
+        "cos": cos.numpy(),
+        "f_tok": (LAM * cos + (1 - LAM) * p_a.cpu()).numpy(),
+    }
+    return states, baselines
+
+
+def collect(
+    runner: ModelRunner,
+    tokenizer: PreTrainedTokenizerBase,
+    items: list[HaluEvalItem],
+    layers: tuple[int, ...],
+    max_tokens: int,
+    batch: int,
+) -> list[AnswerStates]:
+    """Answer every item and record the answer's states and baselines."""
+    records: list[AnswerStates] = []
+    for first in range(0, len(items), batch):
+        chunk = items[first : first + batch]
+        prompts = [prompt_ids(tokenizer, item) for item in chunk]
+        answers = greedy_answers(runner, tokenizer, prompts, max_tokens)
+        for item, prompt, answer in zip(chunk, prompts, answers, strict=True):
+            if not answer:
+                continue
+            text = tokenizer.decode(answer, skip_special_tokens=True)
+            states, baselines = answer_states(runner, prompt, answer, layers)
+            correct = contains_gold(text, item.right_answer)
+            records.append(AnswerStates(item.line, text, correct, states, baselines))
+        logger.info("answered %d / %d", min(first + batch, len(items)), len(items))
+    return records
+
+
+def answer_auroc(records: list[AnswerStates], risks: list[np.ndarray]) -> float:
+    """AUROC of mean token risk for 'the answer lacks the gold answer'."""
+    wrong = [not r.correct for r in records]
+    return float(roc_auc_score(wrong, [float(np.mean(x)) for x in risks]))
+
+
+def baseline_aurocs(records: list[AnswerStates]) -> dict[str, float]:
+    """Answer-level AUROC of each existing score, oriented so that higher means riskier."""
+    risky = {"p_a": -1, "entropy": 1, "logprob": -1, "cos": -1, "f_tok": -1}
+    return {
+        name: answer_auroc(records, [sign * r.baselines[name] for r in records])
+        for name, sign in risky.items()
+    }
+
+
+def fit_layer(records: list[AnswerStates], layer: int, c: float) -> HallucinationProbe:
+    """A probe on one layer, every token labelled with its answer's label."""
+    states = np.concatenate([r.states[layer] for r in records])
+    labels = np.concatenate([np.full(len(r.states[layer]), not r.correct) for r in records])
+    return HallucinationProbe.train(layer, states, labels, c=c)
+
+
+def sweep(
+    fit_records: list[AnswerStates], select_records: list[AnswerStates], c: float
+) -> tuple[HallucinationProbe, dict[int, float]]:
+    """Fit a probe per layer; keep the one with the best selection-line AUROC."""
+    scores: dict[int, float] = {}
+    best: HallucinationProbe | None = None
+    for layer in sorted(fit_records[0].states):
+        probe = fit_layer(fit_records, layer, c)
+        risks = [probe.risk_numpy(r.states[layer]) for r in select_records]
+        scores[layer] = answer_auroc(select_records, risks)
+        logger.info("layer %d: AUROC %.3f", layer, scores[layer])
+        if best is None or scores[layer] > scores[best.layer]:
+            best = probe
+    assert best is not None
+    return best, scores
+
+
+def fit_probe(
+    model_dir: Path,
+    model_name: str,
+    fit_lines: tuple[int, int],
+    select_lines: tuple[int, int],
+    out: Path,
+    layers: tuple[int, ...] = DEFAULT_LAYERS,
+    max_tokens: int = 64,
+    batch: int = 32,
+    c: float = 0.05,
+) -> HallucinationProbe:
+    """Collect on-policy answers on both line ranges, sweep layers, save the best probe."""
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    runner = ModelRunner.load(
+        model_dir, num_slots=batch, max_model_len=2048, max_candidates=1, device="cpu"
+    )
+    items = {item.line: item for item in load_halueval("dev")}
+
+    def lines(span: tuple[int, int]) -> list[HaluEvalItem]:
+        return [items[n] for n in range(span[0], span[1] + 1)]
+
+    fit_records = collect(runner, tokenizer, lines(fit_lines), layers, max_tokens, batch)
+    select_records = collect(runner, tokenizer, lines(select_lines), layers, max_tokens, batch)
+    probe, layer_auroc = sweep(fit_records, select_records, c)
+    aurocs = baseline_aurocs(select_records)
+    aurocs["probe"] = layer_auroc[probe.layer]
+    probe.fit = ProbeFit(
+        model=model_name,
+        fit_lines=fit_lines,
+        select_lines=select_lines,
+        answers=len(fit_records),
+        tokens=int(sum(len(r.baselines["p_a"]) for r in fit_records)),
+        auroc=aurocs,
+        layer_auroc=layer_auroc,
+    )
+    probe.save(out)
+    return probe
