@@ -29,6 +29,7 @@ SUMMARY = "summary.json"
 SELF_REFERENCE_NOTE = (
     "no --reference run: each response is compared with itself, so Info. = 1.0 and Q-Score = Faith."
 )
+RUN_MARKERS = "osD^v<>"
 JUDGED_BY = {
     "verifier_faith": "verifier: share of responses with no unsupported claim",
     "verifier_q_score": "verifier: Faith. x Info.",
@@ -327,7 +328,7 @@ def plot_risk_coverage(run_dirs: Sequence[Path], out_png: Path) -> None:
     figure = Figure(figsize=(6.4, 5.2), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    for run_dir in run_dirs:
+    for index, run_dir in enumerate(run_dirs):
         summary = read_summary(run_dir)
         scored = [r for r in read_records(run_dir) if r.error is None]
         answered = [r.gold_in_answer for r in scored if not r.abstained]
@@ -340,7 +341,8 @@ def plot_risk_coverage(run_dirs: Sequence[Path], out_png: Path) -> None:
         )
         curve = risk_coverage_curve(scored)
         label = f"{name}: AURC={metrics.aurc(curve):.3f}" if curve else f"{name} (no confidence)"
-        (marker,) = axes.plot(*operating, marker="o", linestyle="none", label=label, zorder=3)
+        shape = RUN_MARKERS[index % len(RUN_MARKERS)]
+        (marker,) = axes.plot(*operating, marker=shape, linestyle="none", label=label, zorder=3)
         if curve:
             coverages = [0.0] + [p.coverage for p in curve]
             risks = [curve[0].risk] + [p.risk for p in curve]
