@@ -16,6 +16,7 @@ from evals.harness import EvalSettings, run_requests, score_responses
 from evals.report import (
     RESPONSES,
     build_summary,
+    markdown_table,
     plot_risk_coverage,
     plot_runs,
     read_records,
@@ -47,7 +48,8 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
         description="Ask a running OpenAI-compatible server grounded questions over HTTP, judge "
         "every answer by the gold answer and by verifying its claims against its context, and "
         "write DIR/responses.jsonl and DIR/summary.json. `eval plot RUN_DIR... --out PNG` draws "
-        "runs side by side (Faith. vs Info. in PNG, risk vs coverage beside it).",
+        "runs side by side (Faith. vs Info. in PNG, risk vs coverage beside it); `eval table "
+        "RUN_DIR...` prints them as a markdown table.",
     )
     parser.add_argument("--base-url", default=DEFAULT_BASE_URL, help="e.g. %(default)s")
     parser.add_argument(
@@ -88,13 +90,16 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.set_defaults(handler=run_eval)
 
-    nested = parser.add_subparsers(dest="eval_command", metavar="{plot}")
+    nested = parser.add_subparsers(dest="eval_command", metavar="{plot,table}")
     plot = nested.add_parser(
         "plot", help="Plot Faith. vs Info. (PNG) and risk vs coverage (PNG_risk_coverage.png)."
     )
     plot.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     plot.add_argument("--out", dest="plot_out", type=Path, required=True, metavar="PNG")
     plot.set_defaults(handler=run_plot)
+    table = nested.add_parser("table", help="Print runs as a markdown table (judge per column).")
+    table.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    table.set_defaults(handler=run_table)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -149,6 +154,12 @@ def run_plot(args: argparse.Namespace) -> int:
     risk_png = risk_coverage_png(args.plot_out)
     plot_risk_coverage(args.runs, risk_png)
     print(f"wrote {args.plot_out} and {risk_png}", file=sys.stderr)
+    return 0
+
+
+def run_table(args: argparse.Namespace) -> int:
+    """Print the runs' figures as a markdown table, the lines and judge of each named."""
+    print(markdown_table(args.runs), end="")
     return 0
 
 

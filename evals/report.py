@@ -356,3 +356,43 @@ def plot_risk_coverage(run_dirs: Sequence[Path], out_png: Path) -> None:
     axes.legend(fontsize=8, loc="upper left")
     out_png.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out_png, dpi=120)
+
+
+TABLE_COLUMNS = (
+    ("lines", "lines"),
+    ("n", "n"),
+    ("coverage", "coverage"),
+    ("gold_in_answer_answered", "gold in answer, answered (gold)"),
+    ("gold_in_answer_overall", "gold in answer, all (gold)"),
+    ("abstention_precision", "abst. precision (gold)"),
+    ("aurc", "AURC (gold)"),
+    ("verifier_faith", "Faith. (verifier)"),
+    ("informativeness", "Info."),
+    ("verifier_q_score", "Q-Score (verifier)"),
+    ("em", "EM"),
+    ("f1", "F1"),
+)
+
+
+def _cell(key: str, summary: Summary) -> str:
+    if key == "lines":
+        if summary.first_line is None:
+            return "?"
+        return f"{summary.dataset} {summary.first_line}-{summary.last_line}"
+    value = getattr(summary, key)
+    if value is None:
+        return "-"
+    if key == "n":
+        return str(value)
+    return f"{value:.3f}" if key == "aurc" else f"{100 * value:.1f}"
+
+
+def markdown_table(run_dirs: Sequence[Path]) -> str:
+    """A markdown table of runs (shares in %), each figure's judge named in its header."""
+    header = ["run", *(title for _, title in TABLE_COLUMNS)]
+    rows = [header, ["---"] * len(header)]
+    for run_dir in run_dirs:
+        summary = read_summary(run_dir)
+        cells = [_cell(key, summary) for key, _ in TABLE_COLUMNS]
+        rows.append([f"{run_dir.name} ({summary.mode})", *cells])
+    return "".join("| " + " | ".join(row) + " |\n" for row in rows)

@@ -299,6 +299,21 @@ def test_plot_writes_png(runs: dict[str, Path], tmp_path: Path) -> None:
     assert risk_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_table_names_judges_and_lines(
+    runs: dict[str, Path], dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["eval", "table", str(runs["plain"]), str(runs["guard"])]) == 0
+    header, rule, plain, guard = capsys.readouterr().out.splitlines()
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    assert "Faith. (verifier)" in columns and "AURC (gold)" in columns
+    assert set(rule.replace("|", "").split()) == {"---"}
+    cells = dict(zip(columns, (cell.strip() for cell in guard.strip("|").split("|")), strict=True))
+    assert cells["run"] == "guard (guard)" and cells["lines"] == f"{dataset} 1-3"
+    assert (cells["coverage"], cells["abst. precision (gold)"]) == ("66.7", "0.0")
+    assert (cells["AURC (gold)"], cells["Faith. (verifier)"]) == ("0.111", "100.0")
+    assert plain.count("|") == guard.count("|")
+
+
 def test_truncated_answers_count_as_answered_and_refusal_text_abstains() -> None:
     item = EvalItem(**{**ITEMS[1], "line": 2})
     verifier = Verifier()
