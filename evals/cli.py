@@ -13,7 +13,16 @@ from typing import Any
 
 from evals.datasets import HALUEVAL, load_items
 from evals.harness import EvalSettings, run_requests, score_responses
-from evals.report import RESPONSES, build_summary, plot_runs, read_records, write_run
+from evals.report import (
+    RESPONSES,
+    build_summary,
+    markdown_table,
+    plot_risk_coverage,
+    plot_runs,
+    read_records,
+    risk_coverage_png,
+    write_run,
+)
 from verify.verifier import Verifier
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
@@ -34,10 +43,13 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     """Register `eval` (run an evaluation) with its nested `plot` subcommand."""
     parser = commands.add_parser(
         "eval",
-        help="Evaluate a running OpenAI-compatible server (Faith., Info., Q-Score, EM/F1).",
-        description="Ask a running OpenAI-compatible server grounded questions over HTTP, verify "
-        "every answer's claims against its context, and write DIR/responses.jsonl and "
-        "DIR/summary.json. `eval plot RUN_DIR... --out PNG` draws runs side by side.",
+        help="Evaluate a running OpenAI-compatible server (gold-in-answer, coverage, AURC, "
+        "verifier Faith./Info./Q-Score, EM/F1).",
+        description="Ask a running OpenAI-compatible server grounded questions over HTTP, judge "
+        "every answer by the gold answer and by verifying its claims against its context, and "
+        "write DIR/responses.jsonl and DIR/summary.json. `eval plot RUN_DIR... --out PNG` draws "
+        "runs side by side (Faith. vs Info. in PNG, risk vs coverage beside it); `eval table "
+        "RUN_DIR...` prints them as a markdown table.",
     )
     parser.add_argument("--base-url", default=DEFAULT_BASE_URL, help="e.g. %(default)s")
     parser.add_argument(
@@ -67,7 +79,10 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--timeout", type=float, default=600.0, help="per request, seconds")
     parser.add_argument(
-        "--reference", type=Path, default=None, help="a previous run (typically plain) for Info."
+        "--reference",
+        type=Path,
+        default=None,
+        help="a previous run (typically plain) for Info. and abstention precision",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="run folder (default: runs/eval/MODE-TIMESTAMP)"
@@ -75,11 +90,16 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.set_defaults(handler=run_eval)
 
-    nested = parser.add_subparsers(dest="eval_command", metavar="{plot}")
-    plot = nested.add_parser("plot", help="Plot faithfulness vs informativeness of runs.")
+    nested = parser.add_subparsers(dest="eval_command", metavar="{plot,table}")
+    plot = nested.add_parser(
+        "plot", help="Plot Faith. vs Info. (PNG) and risk vs coverage (PNG_risk_coverage.png)."
+    )
     plot.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     plot.add_argument("--out", dest="plot_out", type=Path, required=True, metavar="PNG")
     plot.set_defaults(handler=run_plot)
+    table = nested.add_parser("table", help="Print runs as a markdown table (judge per column).")
+    table.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    table.set_defaults(handler=run_table)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -108,7 +128,9 @@ def run_eval(args: argparse.Namespace) -> int:
         raise SystemExit(f"guardserve eval: {exc}") from exc
     verifier = Verifier()
     run = asyncio.run(run_requests(settings, items, progress=args.progress))
-    records = score_responses(items, run.completions, verifier, progress=args.progress)
+    records = score_responses(
+        items, run.completions, verifier, args.progress, settings.refusal_message
+    )
     summary = build_summary(
         records,
         settings,
@@ -127,9 +149,17 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    """Draw the runs' faithfulness against informativeness into a PNG."""
+    """Draw the runs' Faith. against Info. into a PNG, and their risk against coverage beside."""
     plot_runs(args.runs, args.plot_out)
-    print(f"wrote {args.plot_out}", file=sys.stderr)
+    risk_png = risk_coverage_png(args.plot_out)
+    plot_risk_coverage(args.runs, risk_png)
+    print(f"wrote {args.plot_out} and {risk_png}", file=sys.stderr)
+    return 0
+
+
+def run_table(args: argparse.Namespace) -> int:
+    """Print the runs' figures as a markdown table, the lines and judge of each named."""
+    print(markdown_table(args.runs), end="")
     return 0
 
 

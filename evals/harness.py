@@ -1,10 +1,14 @@
 """Runs evaluation items against an OpenAI-compatible server and scores each answer.
 
 Requests go over HTTP through the official `openai` client, `concurrency` at a time, exactly as
-an application sends them. Answers are then checked claim by claim against the item's context
-with guard's verifier (the server's own `guard` report is stored, never trusted for scoring).
-A refused answer carries the refusal message, not an answer: it is not verified and has no
-claims. A truncated answer keeps an accepted prefix, which is verified like any answer.
+an application sends them. Answers are then judged twice: by the gold answer (is it contained in
+the response?) and claim by claim against the item's context with the claim verifier (the
+server's own `guard` report is stored, never trusted for scoring).
+
+Abstention: a response abstains when the guard refused it, or when its text is the refusal
+message (a run without a guard report can only say so in words). It carries no answer: it is
+not verified, has no claims and never counts as containing the gold answer. A truncated (HALT)
+answer keeps an accepted prefix: it counts as answered, partially, and is judged like any answer.
 """
 
 from __future__ import annotations
@@ -15,16 +19,34 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import openai
-from pydantic import BaseModel, Field, computed_field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from tqdm import tqdm
 
 from evals.datasets import EvalItem
-from evals.metrics import exact_match, f1_score
+from evals.metrics import exact_match, f1_score, gold_in_answer, normalize_answer
 from evals.prompts import grounded_messages
+from guard.config import GuardConfig
 from verify.verifier import Verifier
 
 Mode = Literal["plain", "guard", "verify"]
-ABSTENTIONS = ("refused", "truncated")
+DEFAULT_REFUSAL = str(GuardConfig.model_fields["refusal_message"].default)
+
+
+def is_abstention(outcome: str, response: str, refusal_message: str = DEFAULT_REFUSAL) -> bool:
+    """A refused guard outcome, or a response that is the refusal message (after normalising)."""
+    return outcome == "refused" or normalize_answer(response) == normalize_answer(refusal_message)
+
+
+def confidence_of(guard: dict[str, Any] | None, extra: dict[str, Any]) -> float | None:
+    """The answer's confidence: the guard report's F_global, else a numeric `confidence` field.
+
+    The response's own field is taken from the choice before the top level; None when neither.
+    """
+    check = (guard or {}).get("global") or (guard or {}).get("global_check") or {}
+    for value in (check.get("f_global"), extra.get("confidence")):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return None
 
 
 class EvalSettings(BaseModel):
@@ -55,6 +77,11 @@ class EvalSettings(BaseModel):
             return {"guard": {**self.guard_options, "mode": "verify"}}
         return None
 
+    @property
+    def refusal_message(self) -> str:
+        """The refusal text the server answers with: the guard option, else guard's default."""
+        return str(self.guard_options.get("refusal_message") or DEFAULT_REFUSAL)
+
 
 class Completion(BaseModel):
     """What the server returned for one item (or the error it raised)."""
@@ -64,6 +91,7 @@ class Completion(BaseModel):
     completion_tokens: int = 0
     latency_s: float
     guard: dict[str, Any] | None = None
+    confidence: float | None = None
     error: str | None = None
 
     @property
@@ -108,6 +136,9 @@ class ResponseRecord(BaseModel):
     n_claims: int
     n_supported: int
     hallucinated: bool
+    abstained: bool = Field(description="Refused, or the refusal text: no answer at all.")
+    gold_in_answer: bool = Field(description="The normalised gold answer is in the response.")
+    confidence: float | None = Field(None, description="F_global, else the response's own.")
     em: float
     f1: float
     latency_s: float
@@ -115,11 +146,15 @@ class ResponseRecord(BaseModel):
     guard: dict[str, Any] | None = None
     error: str | None = None
 
-    @computed_field
-    @property
-    def abstained(self) -> bool:
-        """True for a refused or truncated answer."""
-        return self.outcome in ABSTENTIONS
+    @model_validator(mode="before")
+    @classmethod
+    def _judge_old_records(cls, data: Any) -> Any:
+        """Records written before gold-in-answer existed: judge them now, by today's rules."""
+        if isinstance(data, dict) and "gold_in_answer" not in data:
+            abstained = is_abstention(data["outcome"], data["response"])
+            found = not abstained and gold_in_answer(data["response"], data["answer"])
+            data = {**data, "abstained": abstained, "gold_in_answer": found}
+        return data
 
 
 def make_client(settings: EvalSettings) -> openai.AsyncOpenAI:
@@ -159,12 +194,15 @@ async def complete(
     latency = time.perf_counter() - started
     choice = response.choices[0]
     reports = (response.model_extra or {}).get("guard")
+    guard = reports[0] if reports else None
+    extra = {**(response.model_extra or {}), **(choice.model_extra or {})}
     return Completion(
         content=choice.message.content or "",
         finish_reason=choice.finish_reason,
         completion_tokens=response.usage.completion_tokens if response.usage else 0,
         latency_s=latency,
-        guard=reports[0] if reports else None,
+        guard=guard,
+        confidence=confidence_of(guard, extra),
     )
 
 
@@ -192,10 +230,16 @@ async def run_requests(
     return RequestRun(model=model, completions=list(completions), wall_s=wall)
 
 
-def score_response(item: EvalItem, completion: Completion, verifier: Verifier) -> ResponseRecord:
+def score_response(
+    item: EvalItem,
+    completion: Completion,
+    verifier: Verifier,
+    refusal_message: str = DEFAULT_REFUSAL,
+) -> ResponseRecord:
     """Verify one answer against its context and compare it with the gold answer."""
+    abstained = is_abstention(completion.outcome, completion.content, refusal_message)
     claims: list[ClaimRecord] = []
-    if completion.outcome not in ("refused", "error"):
+    if not abstained and completion.outcome != "error":
         verification = verifier.verify(completion.content, item.context)
         claims = [
             ClaimRecord(
@@ -221,6 +265,9 @@ def score_response(item: EvalItem, completion: Completion, verifier: Verifier) -
         n_claims=len(claims),
         n_supported=sum(c.supported for c in claims),
         hallucinated=any(not c.supported for c in claims),
+        abstained=abstained,
+        gold_in_answer=not abstained and gold_in_answer(completion.content, item.answer),
+        confidence=completion.confidence,
         em=exact_match(completion.content, item.answer),
         f1=f1_score(completion.content, item.answer),
         latency_s=completion.latency_s,
@@ -235,8 +282,9 @@ def score_responses(
     completions: Sequence[Completion],
     verifier: Verifier,
     progress: bool = True,
+    refusal_message: str = DEFAULT_REFUSAL,
 ) -> list[ResponseRecord]:
     """Score every completion against its item (after the requests, off the timed path)."""
     pairs = zip(items, completions, strict=True)
     bar = tqdm(pairs, total=len(items), desc="verify", unit="answer", disable=not progress)
-    return [score_response(item, completion, verifier) for item, completion in bar]
+    return [score_response(item, done, verifier, refusal_message) for item, done in bar]

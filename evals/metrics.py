@@ -1,8 +1,10 @@
-"""Evaluation metrics as pure functions: SQuAD EM/F1, Faith., Info., Q-Score, rates, percentiles.
+"""Evaluation metrics as pure functions: SQuAD EM/F1, gold-in-answer, Faith., Info., Q-Score,
+rates, selective-prediction figures (coverage, abstention precision, risk-coverage, AURC).
 
 Faith., Info. and Q-Score follow BALTO's evaluation (App. E.2): Faith. is the share of responses
 without a hallucinated claim, Info. the share with at least as many claims as the reference
-model's response to the same item, Q-Score = Faith. x Info.
+model's response to the same item, Q-Score = Faith. x Info. Faith. is judged by the claim
+verifier; gold-in-answer is judged by the dataset's gold answer.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import re
 import string
 from collections import Counter
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -48,6 +51,15 @@ def f1_score(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def gold_in_answer(response: str, gold: str) -> bool:
+    """True when the normalised gold answer occurs in the normalised response, on word bounds.
+
+    An empty normalised gold answer is never found (it would be in every response).
+    """
+    expected = normalize_answer(gold)
+    return bool(expected) and f" {expected} " in f" {normalize_answer(response)} "
+
+
 def faithfulness(hallucinated: Sequence[bool]) -> float:
     """Faith.: share of responses with no hallucinated claim."""
     return 1.0 - _share(hallucinated)
@@ -66,8 +78,69 @@ def q_score(faith: float, info: float) -> float:
 
 
 def abstention_rate(abstained: Sequence[bool]) -> float:
-    """Share of responses that abstained (refused or truncated)."""
+    """Share of responses that abstained (gave no answer at all)."""
     return _share(abstained)
+
+
+def coverage(abstained: Sequence[bool]) -> float:
+    """Share of responses that answered (fully or partially): 1 - abstention rate."""
+    return 1.0 - _share(abstained)
+
+
+def abstention_precision(
+    abstained: Sequence[bool], reference_wrong: Sequence[bool]
+) -> float | None:
+    """Share of abstentions where the reference run was wrong on the same item.
+
+    High precision means the abstentions fell on items the reference would have got wrong;
+    None when nothing abstained.
+    """
+    kept = [wrong for a, wrong in zip(abstained, reference_wrong, strict=True) if a]
+    return _share(kept) if kept else None
+
+
+class RiskCoveragePoint(NamedTuple):
+    """Keeping the items whose confidence is at least `threshold`: their share and error rate."""
+
+    threshold: float
+    coverage: float
+    risk: float
+
+
+def risk_coverage(confidences: Sequence[float], correct: Sequence[bool]) -> list[RiskCoveragePoint]:
+    """The risk-coverage curve: one point per distinct confidence, from the most confident.
+
+    At threshold t the items with confidence >= t are kept; coverage is their share of all
+    items and risk the share of them that are wrong. Tied confidences enter together.
+    """
+    if len(confidences) != len(correct):
+        raise ValueError("each confidence needs exactly one correctness flag")
+    if not confidences:
+        raise ValueError("a risk-coverage curve of no items is undefined")
+    scores = np.asarray(confidences, dtype=float)
+    order = np.argsort(-scores, kind="stable")
+    ranked, wrong = scores[order], ~np.asarray(correct, dtype=bool)[order]
+    errors = np.cumsum(wrong)
+    last_of_tie = np.flatnonzero(np.append(ranked[1:] != ranked[:-1], True))
+    n = len(ranked)
+    return [
+        RiskCoveragePoint(float(ranked[i]), (i + 1) / n, float(errors[i]) / (i + 1))
+        for i in last_of_tie
+    ]
+
+
+def aurc(curve: Sequence[RiskCoveragePoint]) -> float:
+    """Area under the risk-coverage curve, a step integral over coverage from 0 (lower is better).
+
+    Without ties this is the mean of the risks of the top-1, top-2, ... top-n items.
+    """
+    if not curve:
+        raise ValueError("the area under an empty curve is undefined")
+    area, previous = 0.0, 0.0
+    for point in curve:
+        area += point.risk * (point.coverage - previous)
+        previous = point.coverage
+    return area
 
 
 def hallucination_rate(hallucinated: Sequence[bool], abstained: Sequence[bool]) -> float | None:

@@ -62,3 +62,47 @@ def test_mean_and_throughput() -> None:
     assert metrics.tokens_per_second(300, 1.5) == pytest.approx(200.0)
     with pytest.raises(ValueError):
         metrics.tokens_per_second(10, 0.0)
+
+
+def test_gold_in_answer_on_normalised_word_bounds() -> None:
+    assert metrics.gold_in_answer("It opened in 1932.", "1932")
+    assert metrics.gold_in_answer("The CEO is JANE PARK!", "Jane Park")
+    assert not metrics.gold_in_answer("It opened in 19321.", "1932")  # not inside a word
+    assert not metrics.gold_in_answer("Jane is the CEO.", "Jane Park")
+    assert not metrics.gold_in_answer("anything", "The")  # nothing left of the gold answer
+
+
+def test_coverage_and_abstention_precision_by_hand() -> None:
+    abstained = [True, False, True, False, True]
+    reference_wrong = [True, True, False, False, True]
+    assert metrics.coverage(abstained) == pytest.approx(0.4)
+    assert metrics.coverage(abstained) == 1.0 - metrics.abstention_rate(abstained)
+    # Abstained on items 1, 3, 5; the reference was wrong on 1 and 5: precision 2/3.
+    assert metrics.abstention_precision(abstained, reference_wrong) == pytest.approx(2 / 3)
+    assert metrics.abstention_precision([False, False], [True, True]) is None
+    with pytest.raises(ValueError):
+        metrics.abstention_precision([True], [True, False])
+
+
+def test_risk_coverage_curve_and_aurc_by_hand() -> None:
+    # Ranked: 0.9 right, 0.8 wrong, 0.5 right, 0.1 wrong.
+    curve = metrics.risk_coverage([0.5, 0.9, 0.1, 0.8], [True, True, False, False])
+    assert [p.threshold for p in curve] == [0.9, 0.8, 0.5, 0.1]
+    assert [p.coverage for p in curve] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert [p.risk for p in curve] == pytest.approx([0.0, 0.5, 1 / 3, 0.5])
+    assert metrics.aurc(curve) == pytest.approx((0 + 0.5 + 1 / 3 + 0.5) / 4)
+
+
+def test_risk_coverage_keeps_ties_together() -> None:
+    # Two items tie at 0.7 (one right, one wrong): no threshold keeps only one of them.
+    curve = metrics.risk_coverage([0.9, 0.7, 0.7, 0.2], [True, False, True, True])
+    assert [(p.threshold, p.coverage) for p in curve] == [(0.9, 0.25), (0.7, 0.75), (0.2, 1.0)]
+    assert [p.risk for p in curve] == pytest.approx([0.0, 1 / 3, 0.25])
+    assert metrics.aurc(curve) == pytest.approx(0.25 * 0 + 0.5 * (1 / 3) + 0.25 * 0.25)
+    # One right ranked above one wrong: risk 0 then 1/2, area 1/4. All wrong: area one.
+    assert metrics.aurc(metrics.risk_coverage([0.9, 0.1], [True, False])) == pytest.approx(0.25)
+    assert metrics.aurc(metrics.risk_coverage([0.5, 0.4], [False, False])) == 1.0
+    with pytest.raises(ValueError):
+        metrics.risk_coverage([], [])
+    with pytest.raises(ValueError):
+        metrics.aurc([])
