@@ -90,6 +90,7 @@ class ModelRunner:
         max_candidates: int,
         device: str = "auto",
         dtype: str = "auto",
+        probe_layer: int | None = None,
     ) -> ModelRunner:
         """Load an HF model folder with sdpa attention onto the chosen device."""
         target = pick_device(device)
@@ -97,7 +98,11 @@ class ModelRunner:
             str(model_path), dtype=pick_dtype(dtype, target), attn_implementation="sdpa"
         ).to(target)
         return cls(
-            model, num_slots=num_slots, max_model_len=max_model_len, max_candidates=max_candidates
+            model,
+            num_slots=num_slots,
+            max_model_len=max_model_len,
+            max_candidates=max_candidates,
+            probe_layer=probe_layer,
         )
 
     def eos_token_ids(self, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:

@@ -19,6 +19,12 @@ class GuardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(False, description="Run guarded generation for this request.")
+    preset: Literal["calibrated", "paper"] = Field(
+        "calibrated",
+        description="Base settings: 'calibrated' (the model's probe and calibrated thresholds "
+        "when it has them, else the paper's) or 'paper' (the paper's constants and scores, "
+        "no probe, no claim rollback).",
+    )
     mode: Literal["guard", "verify"] = Field(
         "guard",
         description="'guard': Token-Guard self-checking decoding; "
@@ -117,8 +123,18 @@ class GuardConfig(BaseModel):
 
     @classmethod
     def merged(cls, base: GuardConfig, overrides: dict[str, Any]) -> Self:
-        """Apply per-request overrides (only the keys to change) to server defaults; re-validate."""
+        """Apply per-request overrides (only the keys to change) to server defaults; re-validate.
+
+        `preset: "paper"` starts from the paper's constants instead of the server defaults.
+        """
+        if overrides.get("preset") == "paper":
+            base = cls.paper(enabled=base.enabled)
         return cls.model_validate({**base.model_dump(), **overrides})
+
+    @classmethod
+    def paper(cls, enabled: bool = False) -> Self:
+        """The paper's Token-Guard: its constants, cos(h, h-bar) in F_tok, no claim rollback."""
+        return cls(enabled=enabled, preset="paper", token_score="paper", claim_rollback=False)
 
 
 @dataclass(frozen=True)

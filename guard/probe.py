@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from guard.calibration import GuardCalibration
+from guard.config import GuardConfig
+
 PROBE_FILE = "guard_probe.json"
+CALIBRATION_FILE = "guard_calibration.json"
 
 
 class ProbeFit(BaseModel):
@@ -93,3 +98,37 @@ class HallucinationProbe(BaseModel):
     def load(cls, path: Path) -> HallucinationProbe:
         """Read a probe written by `save`."""
         return cls.model_validate_json(path.read_text())
+
+
+PROBES_DIR = Path(__file__).parent / "probes"
+
+
+def find_guard_dir(model_dir: Path, model_name: str) -> Path | None:
+    """Where a model's probe lives: its own folder, else the probe committed for its name."""
+    for directory in (model_dir, PROBES_DIR / model_name):
+        if (directory / PROBE_FILE).exists():
+            return directory
+    return None
+
+
+@dataclass(frozen=True)
+class GuardAssets:
+    """What a model's guard directory holds: its probe and, if calibrated, its thresholds."""
+
+    directory: Path
+    probe: HallucinationProbe
+    calibration: GuardCalibration | None
+
+    @classmethod
+    def load(cls, directory: Path) -> GuardAssets:
+        """Read the probe (required) and the calibration (optional) from a directory."""
+        calibration_path = directory / CALIBRATION_FILE
+        calibration = (
+            GuardCalibration.load(calibration_path) if calibration_path.exists() else None
+        )
+        return cls(directory, HallucinationProbe.load(directory / PROBE_FILE), calibration)
+
+    def defaults(self, enabled: bool) -> GuardConfig:
+        """The server's guard defaults for this model: probe scores, calibrated thresholds."""
+        options = self.calibration.guard_options() if self.calibration else {}
+        return GuardConfig(enabled=enabled, token_score="probe", **options)

@@ -22,7 +22,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from engine.model_runner import ModelRunner
 from evals.halueval import HaluEvalItem, load_halueval
-from evals.metrics import normalize_answer
+from evals.metrics import gold_in_answer
 from evals.prompts import grounded_messages
 from guard.probe import HallucinationProbe, ProbeFit
 
@@ -42,12 +42,6 @@ class AnswerStates:
     correct: bool
     states: dict[int, np.ndarray]
     baselines: dict[str, np.ndarray]
-
-
-def contains_gold(answer: str, gold: str) -> bool:
-    """Whether the normalised answer contains the normalised gold answer."""
-    expected = normalize_answer(gold)
-    return bool(expected) and expected in normalize_answer(answer)
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, item: HaluEvalItem) -> list[int]:
@@ -102,16 +96,15 @@ def answer_states(
     The state of answer token t is taken at t's own position (as the tree step sees a
     candidate); P(a), entropy and log-probability come from the logits one position earlier.
     """
-    model = runner.model
     ids = torch.tensor([prompt + answer], device=runner.device)
-    out = model(ids, output_hidden_states=True)
+    out = runner.model.model(ids, output_hidden_states=True)
     n, start = len(answer), len(prompt)
     hidden = out.hidden_states
     states = {
         layer: hidden[layer][0, start : start + n].float().cpu().numpy().astype(np.float16)
         for layer in layers
     }
-    logits = out.logits[0, start - 1 : start + n - 1].float()
+    logits = runner.logits(out.last_hidden_state[0, start - 1 : start + n - 1])
     target = torch.tensor(answer, device=logits.device)
     log_probs = torch.log_softmax(logits, dim=-1)
     logprob = log_probs.gather(1, target[:, None])[:, 0]
@@ -154,7 +147,7 @@ def collect(
                 continue
             text = tokenizer.decode(answer, skip_special_tokens=True)
             states, baselines = answer_states(runner, prompt, answer, layers)
-            correct = contains_gold(text, item.right_answer)
+            correct = gold_in_answer(text, item.right_answer)
             records.append(AnswerStates(item.line, text, correct, states, baselines))
         logger.info("answered %d / %d", min(first + batch, len(items)), len(items))
     return records

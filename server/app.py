@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from engine.model_store import DEFAULT_MODEL, resolve_model
 from guard.config import GuardConfig
+from guard.probe import GuardAssets
 from server.config import ServerConfig
 from server.engine_factory import Engines, build_engines
 from server.engines.base import EngineError
@@ -28,7 +29,7 @@ from server.verification import ClaimChecker
 
 logger = logging.getLogger(__name__)
 
-EngineBuilder = Callable[[Path, ServerConfig], Engines]
+EngineBuilder = Callable[[Path, ServerConfig, str], Engines]
 
 
 class ServerState:
@@ -59,7 +60,9 @@ async def _load(state: ServerState, builder: EngineBuilder) -> None:
     config = state.config
     try:
         state.model_path = await asyncio.to_thread(resolve_model, config.model, config.cache_dir)
-        state.engines = await asyncio.to_thread(builder, state.model_path, config)
+        state.engines = await asyncio.to_thread(
+            builder, state.model_path, config, state.names[0]
+        )
         checker = ClaimChecker()
         await asyncio.to_thread(checker.warm_up)
     except Exception as exc:
@@ -72,10 +75,16 @@ async def _load(state: ServerState, builder: EngineBuilder) -> None:
         guard_engine=state.engines.guard,
         served_model_names=state.names,
         max_model_len=config.max_model_len,
-        guard_default=GuardConfig(enabled=config.guard_default == "on"),
+        guard_default=guard_defaults(state.engines.guard_assets, config.guard_default == "on"),
         checker=checker,
+        has_probe=state.engines.guard_assets is not None,
     )
     logger.info("ready: serving %s from %s", state.names, state.model_path)
+
+
+def guard_defaults(assets: GuardAssets | None, enabled: bool) -> GuardConfig:
+    """The server's guard settings: the model's calibrated probe setup, else the paper's."""
+    return assets.defaults(enabled) if assets is not None else GuardConfig(enabled=enabled)
 
 
 def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> FastAPI:
@@ -138,6 +147,7 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
                 root=str(state.model_path or config.model or DEFAULT_MODEL),
                 max_model_len=config.max_model_len,
                 dtype=state.engines.dtype if state.engines else None,
+                guard=state.service.guard_default if state.service else None,
             )
             for name in state.names
         ]

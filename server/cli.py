@@ -26,6 +26,7 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--kv-cache-memory-bytes", type=int, default=None)
     serve.add_argument("--plain-engine", choices=["vllm", "torch", "auto"], default="auto")
     serve.add_argument("--guard-default", choices=["on", "off"], default="off")
+    serve.add_argument("--guard-probe", default="auto")
     serve.add_argument("--device", default="auto")
     serve.add_argument("--torch-runners", type=int, default=None)
     serve.add_argument("--dtype", default="auto")

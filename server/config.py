@@ -30,6 +30,11 @@ class ServerConfig(BaseModel):
     )
     plain_engine: Literal["vllm", "torch", "auto"] = "auto"
     guard_default: Literal["on", "off"] = "off"
+    guard_probe: str = Field(
+        "auto",
+        description="Folder with guard_probe.json (and guard_calibration.json); auto: the "
+        "model folder's, else the one committed for the served model; none: no probe.",
+    )
     device: str = Field("auto", description="Torch runner device: auto, cpu, cuda:N.")
     torch_runners: int | None = Field(
         None, ge=1, description="Torch runners; default one per visible GPU, or one on CPU."

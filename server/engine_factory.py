@@ -12,6 +12,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from engine.model_runner import ModelRunner, pick_device, pick_dtype
 from guard.config import MAX_CANDIDATES
+from guard.probe import GuardAssets, find_guard_dir
 from server.config import ServerConfig
 from server.engines.base import Engine
 from server.engines.dispatcher import LeastLoadedDispatcher
@@ -34,6 +35,7 @@ class Engines:
     plain: Engine
     guard: Engine
     dtype: str
+    guard_assets: GuardAssets | None = None
 
 
 def choose_plain_engine(choice: str) -> str:
@@ -65,8 +67,22 @@ def vllm_kv_cache_bytes(config: ServerConfig) -> int | None:
     return None if torch.cuda.is_available() else DEFAULT_CPU_KV_CACHE_BYTES
 
 
+def load_guard_assets(model_path: Path, config: ServerConfig, name: str) -> GuardAssets | None:
+    """The model's hallucination probe and calibration, as --guard-probe says."""
+    if config.guard_probe == "none":
+        return None
+    if config.guard_probe != "auto":
+        return GuardAssets.load(Path(config.guard_probe))
+    directory = find_guard_dir(model_path, name)
+    return None if directory is None else GuardAssets.load(directory)
+
+
 def build_torch_engines(
-    model_path: Path, config: ServerConfig, tokenizer: PreTrainedTokenizerBase, dtype: str
+    model_path: Path,
+    config: ServerConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    dtype: str,
+    assets: GuardAssets | None,
 ) -> Engine:
     """A slot-cache runner per device, each with its worker thread, behind one dispatcher.
 
@@ -82,22 +98,30 @@ def build_torch_engines(
                 max_candidates=MAX_CANDIDATES,
                 device=device,
                 dtype=dtype,
+                probe_layer=None if assets is None else assets.probe.layer,
             ),
             tokenizer,
             label=f"torch-{device}" if len(devices) == 1 else f"torch-{index}-{device}",
+            probe=None if assets is None else assets.probe,
         )
         for index, device in enumerate(devices)
     ]
     return engines[0] if len(engines) == 1 else LeastLoadedDispatcher(engines)
 
 
-def build_engines(model_path: Path, config: ServerConfig) -> Engines:
-    """The torch engine(s) for guarded requests and the plain engine chosen by --plain-engine."""
+def build_engines(model_path: Path, config: ServerConfig, name: str) -> Engines:
+    """The torch engine(s) for guarded requests and the plain engine chosen by --plain-engine.
+
+    `name` is the served model name, which finds the probe committed for the default model.
+    """
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
     dtype = engine_dtype(config)
-    torch_engine = build_torch_engines(model_path, config, tokenizer, dtype)
+    assets = load_guard_assets(model_path, config, name)
+    if assets is not None:
+        logger.info("guard probe: layer %d from %s", assets.probe.layer, assets.directory)
+    torch_engine = build_torch_engines(model_path, config, tokenizer, dtype, assets)
     if choose_plain_engine(config.plain_engine) == "torch":
-        return Engines(tokenizer, torch_engine, torch_engine, dtype)
+        return Engines(tokenizer, torch_engine, torch_engine, dtype, assets)
     from server.engines.vllm_engine import VllmEngine
 
     plain = VllmEngine.start(
@@ -112,4 +136,4 @@ def build_engines(model_path: Path, config: ServerConfig) -> Engines:
         enforce_eager=config.enforce_eager,
         seed=config.seed,
     )
-    return Engines(tokenizer, plain, torch_engine, dtype)
+    return Engines(tokenizer, plain, torch_engine, dtype, assets)

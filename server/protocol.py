@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.outputs import FinishReason
+from guard.config import GuardConfig
 from guard.report import GuardReport
 
 
@@ -181,6 +182,9 @@ class ModelCard(BaseModel):
     root: str
     max_model_len: int
     dtype: str | None = Field(None, description="The dtype both engines run in, once loaded.")
+    guard: GuardConfig | None = Field(
+        None, description="The guard settings requests start from (calibrated for this model)."
+    )
 
 
 class ModelList(BaseModel):

@@ -85,6 +85,7 @@ class ChatService:
         max_model_len: int,
         guard_default: GuardConfig,
         checker: ClaimChecker,
+        has_probe: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
         self.plain_engine = plain_engine
@@ -93,12 +94,18 @@ class ChatService:
         self.max_model_len = max_model_len
         self.guard_default = guard_default
         self.checker = checker
+        self.has_probe = has_probe
 
     def prepare(self, request: ChatCompletionRequest, guard_header: str | None) -> Prepared:
         """Validate a request against the model and limits; raise APIError on bad input."""
         if request.model not in self.served_model_names:
             raise model_not_found(request.model)
         guard = resolve_guard(request.guard, guard_header, self.guard_default)
+        if guard is not None and guard.token_score == "probe" and not self.has_probe:
+            raise invalid_request(
+                "guard.token_score: this model has no hallucination probe ('paper' works)",
+                param="guard.token_score",
+            )
         prompt_ids = self._prompt_ids(request)
         room = self.max_model_len - len(prompt_ids)
         if room <= 0:

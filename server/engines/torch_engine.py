@@ -21,6 +21,7 @@ from engine.sequence import Sequence
 from guard.chains import best_chain
 from guard.config import GuardRun
 from guard.guarded_sequence import GuardedSequence
+from guard.probe import HallucinationProbe
 from guard.report import GuardReport
 from server import metrics
 from server.engines.base import EngineError
@@ -46,13 +47,18 @@ class TorchEngine:
     name = "torch"
 
     def __init__(
-        self, runner: ModelRunner, tokenizer: PreTrainedTokenizerBase, label: str | None = None
+        self,
+        runner: ModelRunner,
+        tokenizer: PreTrainedTokenizerBase,
+        label: str | None = None,
+        probe: HallucinationProbe | None = None,
     ) -> None:
         self.runner = runner
         self.tokenizer = tokenizer
         self.eos_token_ids = runner.eos_token_ids(tokenizer)
         self.core = LLMEngine(runner)
         self.label = label or f"torch-{runner.device}"
+        self.probe = probe
         self._active = 0
         self._inbox: queue.SimpleQueue[_Submit | _Abort | None] = queue.SimpleQueue()
         self._sinks: dict[str, _Submit] = {}
@@ -148,6 +154,7 @@ class TorchEngine:
                 evidence=guard.evidence,
                 hold_until_checked=not guard.stream,
                 explore=explore,
+                risk=None if self.probe is None else self.probe.risk,
             )
         return Sequence(*args, self.runner.max_model_len)
 
