@@ -11,10 +11,11 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from engine.detokenizer import IncrementalDetokenizer
 from engine.llm_engine import LLMEngine
 from engine.model_runner import ModelRunner
+from engine.outputs import SequenceOutput
 from engine.sampling import SamplingParams
-from engine.sequence import Sequence, SequenceOutput
-from guard.config import GuardConfig
-from guard.guarded_sequence import GuardedSequence
+from engine.sequence import Sequence
+from guard.config import EvidenceCheck, GuardConfig, SegmentEvidence
+from guard.guarded_sequence import GuardedSequence, RiskScorer
 
 PROMPT = [5, 9, 14, 3, 22, 40]
 EOS = frozenset({0})
@@ -31,6 +32,8 @@ def guarded(
     request_id: str,
     max_tokens: int = 24,
     hold: bool = True,
+    evidence: EvidenceCheck | None = None,
+    risk: RiskScorer | None = None,
     **overrides: object,
 ) -> GuardedSequence:
     # A random tiny model scores every token low: tau_token 0 keeps Eq. 7's pruning out of the
@@ -46,7 +49,9 @@ def guarded(
         engine.runner.max_model_len,
         config,
         engine.runner.embed,
+        evidence=evidence,
         hold_until_checked=hold,
+        risk=risk,
     )
 
 
@@ -234,3 +239,86 @@ def test_stop_string_ends_guarded_decoding(
     text = text_of(run(engine, [seq])["stop"])
     assert text.removesuffix(" Unsure from here") == full[: full.index(stop)]
     assert seq.decoded_tokens < free.decoded_tokens
+
+
+class UnsupportedWord:
+    """A deterministic verifier double: a claim is unsupported where `word` appears."""
+
+    def __init__(self, word: str) -> None:
+        self.word = word
+        self.seen: list[str] = []
+
+    def __call__(self, text: str) -> SegmentEvidence:
+        self.seen.append(text)
+        at = f" {text} ".find(f" {self.word} ")
+        return SegmentEvidence(1.0) if at < 0 else SegmentEvidence(0.5, at)
+
+
+def test_unsupported_claim_is_rolled_back_to_its_token_and_redecoded(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    plain_engine = make_engine(tiny_llama)
+    loose = {"tau_low": 0.0, "tau_high": 0.0, "tau_global": 0.0}
+    unguarded = guarded(plain_engine, tiny_tokenizer, "p", **loose)
+    first_text = text_of(run(plain_engine, [unguarded])["p"]).split()
+    word, position = first_text[2], 2  # the third token of the first segment is "wrong"
+    check = UnsupportedWord(word)
+    engine = make_engine(tiny_llama)
+    seq = guarded(engine, tiny_tokenizer, "c", evidence=check, **loose)
+    outputs = run(engine, [seq])["c"]
+    report = outputs[-1].report
+    assert report is not None and report.claim_rollbacks >= 1
+    # Re-decoded from the flagged token: the prefix before it stays, the token there changes.
+    redecoded = check.seen[1].split()
+    assert redecoded[:position] == first_text[:position]
+    assert redecoded[position] != word
+    assert engine.runner.cache.lengths == [0, 0, 0, 0]
+
+
+def test_claim_still_unsupported_after_n_max_is_discarded(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    engine = make_engine(tiny_llama)
+
+    def always_wrong(text: str) -> SegmentEvidence:
+        return SegmentEvidence(0.0, 0)
+
+    seq = guarded(
+        engine, tiny_tokenizer, "d", evidence=always_wrong, n_max=2, tau_low=0.0, tau_high=0.0
+    )
+    outputs = run(engine, [seq])["d"]
+    report = outputs[-1].report
+    assert report is not None and report.outcome == "refused"
+    assert report.claim_rollbacks == 2 and report.segments[0].status == "discarded"
+
+
+def test_probe_risk_replaces_the_cosine_in_the_token_score(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    engine = LLMEngine(
+        ModelRunner(tiny_llama, num_slots=2, max_model_len=256, max_candidates=8, probe_layer=1)
+    )
+    seen: list[torch.Tensor] = []
+
+    def risk(states: torch.Tensor) -> torch.Tensor:
+        seen.append(states)
+        return torch.full((states.shape[0],), 0.25)
+
+    seq = guarded(engine, tiny_tokenizer, "q", risk=risk, tau_low=0.0, tau_high=0.0, tau_global=0)
+    outputs = run(engine, [seq])["q"]
+    report = outputs[-1].report
+    assert report is not None and report.global_check is not None
+    assert seen and all(s.shape == (4, tiny_llama.config.hidden_size) for s in seen)
+    assert report.global_check.probe_risk == pytest.approx(0.25)
+    assert all(s.probe_risk == pytest.approx(0.25) for s in report.segments)
+
+
+def test_tau_token_prunes_weak_tokens_from_accepted_segments(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    engine = make_engine(tiny_llama)
+    seq = guarded(engine, tiny_tokenizer, "t", tau_token=1.0, tau_low=0.0, tau_high=0.0, n_max=1)
+    outputs = run(engine, [seq])["t"]
+    report = outputs[-1].report
+    assert report is not None and report.outcome == "refused"
+    assert report.segments[0].status == "discarded" and report.segments[0].refinements == 1
