@@ -123,9 +123,7 @@ class GuardAssets:
     def load(cls, directory: Path) -> GuardAssets:
         """Read the probe (required) and the calibration (optional) from a directory."""
         calibration_path = directory / CALIBRATION_FILE
-        calibration = (
-            GuardCalibration.load(calibration_path) if calibration_path.exists() else None
-        )
+        calibration = GuardCalibration.load(calibration_path) if calibration_path.exists() else None
         return cls(directory, HallucinationProbe.load(directory / PROBE_FILE), calibration)
 
     def defaults(self, enabled: bool) -> GuardConfig:

@@ -60,9 +60,7 @@ async def _load(state: ServerState, builder: EngineBuilder) -> None:
     config = state.config
     try:
         state.model_path = await asyncio.to_thread(resolve_model, config.model, config.cache_dir)
-        state.engines = await asyncio.to_thread(
-            builder, state.model_path, config, state.names[0]
-        )
+        state.engines = await asyncio.to_thread(builder, state.model_path, config, state.names[0])
         checker = ClaimChecker()
         await asyncio.to_thread(checker.warm_up)
     except Exception as exc:
