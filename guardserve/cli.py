@@ -1,4 +1,4 @@
-"""The `guardserve` command: `serve`, `balto`, `eval`, each registered by its own package."""
+"""The `guardserve` command: `serve`, `balto`, `eval`, `guard`, each registered by its package."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 
 from balto.cli import add_balto_parser
 from evals.cli import add_eval_parser
+from guard.cli import add_guard_parser
 from guardserve import __version__
 from server.cli import add_serve_parser
 
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(commands)
     add_balto_parser(commands)
     add_eval_parser(commands)
+    add_guard_parser(commands)
     return parser
 
 

@@ -1,0 +1,169 @@
+"""`guardserve guard calibrate`: guarded decoding of dev lines in process, thresholds to budget.
+
+Each candidate setting of the segment thresholds is decoded once with the global check
+switched off (tau_global 0), recording every answer's F_global; `tau_global` is then the
+threshold on F_global that, within what is left of the abstention budget, keeps the answers
+most often containing the gold answer. The best setting overall is saved beside the probe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from engine.llm_engine import LLMEngine
+from engine.model_runner import ModelRunner
+from engine.sampling import SamplingParams
+from evals.halueval import HaluEvalItem, load_halueval
+from evals.metrics import gold_in_answer
+from evals.prompts import grounded_messages
+from guard.calibration import GuardCalibration, SettingResult, calibrate, threshold_for_budget
+from guard.config import GuardConfig, SegmentEvidence
+from guard.guarded_sequence import GuardedSequence
+from guard.probe import HallucinationProbe
+from guard.probe_fit import prompt_ids
+from guard.report import GuardReport
+from verify.verifier import Verifier, VerifierConfig
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_GRID: tuple[dict[str, float], ...] = (
+    {"tau_token": 0.0, "tau_low": 0.0, "tau_high": 0.0},
+    {"tau_token": 0.3, "tau_low": 0.3, "tau_high": 0.6},
+)
+
+
+@dataclass(frozen=True)
+class GuardedAnswer:
+    """One dev item decoded under a setting: the answer, its report, gold containment."""
+
+    line: int
+    text: str
+    report: GuardReport
+    correct: bool
+
+    @property
+    def answered(self) -> bool:
+        """Whether the guard gave an answer (a truncated one counts)."""
+        return self.report.outcome != "refused"
+
+    @property
+    def confidence(self) -> float:
+        """F_global of the answer (0 when the chain never reached the global check)."""
+        check = self.report.global_check
+        return 0.0 if check is None else check.f_global
+
+
+def conversation_context(item: HaluEvalItem) -> str:
+    """The text an answer is checked against, as the server builds it from the messages."""
+    return "\n".join(m["content"] for m in grounded_messages(item.knowledge, item.question))
+
+
+def decode_guarded(
+    runner: ModelRunner,
+    tokenizer: PreTrainedTokenizerBase,
+    items: list[HaluEvalItem],
+    config: GuardConfig,
+    probe: HallucinationProbe | None,
+    verifier: Verifier,
+    max_tokens: int,
+) -> list[GuardedAnswer]:
+    """Decode every item under `config` on one engine, batched, greedily."""
+    engine = LLMEngine(runner)
+    eos = runner.eos_token_ids(tokenizer)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    seqs: dict[str, tuple[HaluEvalItem, GuardedSequence]] = {}
+    for item in items:
+        context = conversation_context(item)
+
+        def evidence(text: str, context: str = context) -> SegmentEvidence:
+            return SegmentEvidence.of(verifier.verify(text, context))
+
+        seq = GuardedSequence(
+            str(item.line),
+            prompt_ids(tokenizer, item),
+            params,
+            tokenizer,
+            eos,
+            runner.max_model_len,
+            config,
+            runner.embed,
+            evidence=evidence if config.use_evidence else None,
+            risk=None if probe is None else probe.risk,
+        )
+        seqs[seq.request_id] = (item, seq)
+        engine.add(seq)
+    texts = {request_id: "" for request_id in seqs}
+    reports: dict[str, GuardReport] = {}
+    while engine.has_work():
+        result = engine.step()
+        if result.failed:
+            raise RuntimeError(f"guarded decoding failed: {result.failed}")
+        for request_id, output in result.outputs.items():
+            texts[request_id] += output.text
+            if output.report is not None:
+                reports[request_id] = output.report
+    return [
+        GuardedAnswer(
+            item.line, texts[rid], reports[rid], gold_in_answer(texts[rid], item.right_answer)
+        )
+        for rid, (item, _) in seqs.items()
+    ]
+
+
+def with_global_threshold(
+    thresholds: dict[str, float], answers: list[GuardedAnswer], max_abstention: float
+) -> SettingResult:
+    """The setting completed by the tau_global that best spends the rest of the budget."""
+    answered = [a for a in answers if a.answered]
+    spent = 1 - len(answered) / len(answers)
+    left = max(max_abstention - spent, 0.0) * len(answers) / max(len(answered), 1)
+    tau = 0.0
+    if answered and left > 0:
+        tau = threshold_for_budget(
+            [a.confidence for a in answered], [a.correct for a in answered], min(left, 1.0)
+        )
+    kept = [a.answered and a.confidence >= tau for a in answers]
+    return SettingResult(
+        thresholds={**thresholds, "tau_global": tau},
+        answered=kept,
+        correct=[a.correct for a in answers],
+    )
+
+
+def run_calibration(
+    model_dir: Path,
+    guard_dir: Path,
+    lines: tuple[int, int],
+    max_abstention: float,
+    grid: tuple[dict[str, float], ...] = DEFAULT_GRID,
+    max_tokens: int = 64,
+    slots: int = 16,
+) -> GuardCalibration:
+    """Decode the dev lines under each setting, pick the best in budget, save it."""
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    probe = HallucinationProbe.load(guard_dir / "guard_probe.json")
+    runner = ModelRunner.load(
+        model_dir,
+        num_slots=slots,
+        max_model_len=2048,
+        max_candidates=GuardConfig().num_candidates,
+        device="cpu",
+        probe_layer=probe.layer,
+    )
+    items = [i for i in load_halueval("dev") if lines[0] <= i.line <= lines[1]]
+    verifier = Verifier(VerifierConfig(use_embeddings=False))
+    results = []
+    for thresholds in grid:
+        config = GuardConfig(enabled=True, token_score="probe", tau_global=0.0, **thresholds)
+        answers = decode_guarded(runner, tokenizer, items, config, probe, verifier, max_tokens)
+        result = with_global_threshold(thresholds, answers, max_abstention)
+        logger.info("setting %s -> %s", json.dumps(result.thresholds), result.answered.count(True))
+        results.append(result)
+    calibration = calibrate(results, max_abstention, lines[0], lines[1])
+    calibration.save(guard_dir / "guard_calibration.json")
+    return calibration

@@ -1,0 +1,109 @@
+"""`guardserve guard fit-probe|calibrate`: a model's hallucination probe and guard thresholds."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from engine.model_store import DEFAULT_MODEL, resolve_model
+from guard.probe import PROBE_FILE, PROBES_DIR
+
+
+def _lines(text: str) -> tuple[int, int]:
+    """'FIRST-LAST' (1-based, inclusive) as a pair, within HaluEval's development lines."""
+    first, _, last = text.partition("-")
+    span = (int(first), int(last or first))
+    if not 1 <= span[0] <= span[1] <= 8000:
+        raise argparse.ArgumentTypeError(f"{text}: development lines are 1-8000")
+    return span
+
+
+def _model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="Model name, HF folder or .gguf (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--cache-dir", default=None, help="Model cache (default: ~/.cache/guardserve)."
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="Guard folder to write (default: guard/probes/MODEL).",
+    )
+
+
+def add_guard_parser(commands: argparse._SubParsersAction) -> None:
+    """Register `guardserve guard` and its subcommands."""
+    guard = commands.add_parser("guard", help="Fit a model's hallucination probe and thresholds.")
+    sub = guard.add_subparsers(dest="guard_command", required=True)
+    fit = sub.add_parser("fit-probe", help="Fit the probe on the model's own dev answers.")
+    _model_flags(fit)
+    fit.add_argument(
+        "--fit-lines",
+        type=_lines,
+        default=(4401, 5100),
+        help="Lines fitted on (default: 4401-5100).",
+    )
+    fit.add_argument(
+        "--select-lines",
+        type=_lines,
+        default=(5101, 5400),
+        help="Lines choosing the layer (default: 5101-5400).",
+    )
+    fit.add_argument(
+        "--c", type=float, default=0.05, help="Inverse L2 strength (default: %(default)s)."
+    )
+    fit.set_defaults(handler=run_fit_probe)
+    cal = sub.add_parser(
+        "calibrate", help="Choose thresholds on dev lines for an abstention budget."
+    )
+    _model_flags(cal)
+    cal.add_argument(
+        "--lines",
+        type=_lines,
+        default=(5401, 5600),
+        help="Lines calibrated on (default: 5401-5600).",
+    )
+    cal.add_argument(
+        "--max-abstention",
+        type=float,
+        default=0.15,
+        help="Abstention budget (default: %(default)s).",
+    )
+    cal.set_defaults(handler=run_calibrate)
+
+
+def _guard_dir(args: argparse.Namespace) -> Path:
+    return args.out or PROBES_DIR / Path(args.model).name
+
+
+def run_fit_probe(args: argparse.Namespace) -> int:
+    """Fit, report the AUROC figures, save the probe."""
+    from guard.probe_fit import fit_probe
+
+    logging.basicConfig(level=logging.INFO)
+    model_dir = resolve_model(args.model, args.cache_dir)
+    out = _guard_dir(args) / PROBE_FILE
+    probe = fit_probe(model_dir, args.model, args.fit_lines, args.select_lines, out, c=args.c)
+    assert probe.fit is not None
+    print(f"layer {probe.layer}; answer-level AUROC on lines {args.select_lines}:")
+    for name, value in sorted(probe.fit.auroc.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:8s} {value:.3f}")
+    print(f"wrote {out}")
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    """Decode the lines under each setting and save the calibration beside the probe."""
+    from guard.calibration_run import run_calibration
+
+    logging.basicConfig(level=logging.INFO)
+    model_dir = resolve_model(args.model, args.cache_dir)
+    calibration = run_calibration(model_dir, _guard_dir(args), args.lines, args.max_abstention)
+    print(calibration.model_dump_json(indent=2))
+    return 0
