@@ -355,7 +355,11 @@ class GuardedSequence(Sequence):
         totals = torch.tensor([s.report.total for s in self.chain])
         norms = torch.tensor([s.score_norm for s in self.chain])
         evidence = torch.tensor([s.report.evidence for s in self.chain])
-        f_fact = scoring.fact_score(totals, norms, evidence, self.config.fact_normalize_by_k)
+        risk = self._chain_risk()
+        if risk is None:
+            f_fact = scoring.fact_score(totals, norms, evidence, self.config.fact_normalize_by_k)
+        else:
+            f_fact = scoring.probe_fact_score(risk, evidence)
         f_logic = scoring.logic_score(
             torch.stack([s.representation for s in self.chain]),
             torch.stack([s.mean_embedding for s in self.chain]),

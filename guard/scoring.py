@@ -120,6 +120,15 @@ def fact_score(
     return fact / k if normalize_by_k else fact
 
 
+def probe_fact_score(mean_risk: float, evidence: torch.Tensor) -> float:
+    """Eq. 14 with the probe: F_fact = (1 - the answer's mean probe risk) * min_k E_k.
+
+    The probe's answer-level risk is the score measured to separate right from wrong answers;
+    the segment totals' consistency and alignment terms (cosines of anisotropic states) do not.
+    """
+    return (1.0 - mean_risk) * float(evidence.min())
+
+
 def logic_score(representations: torch.Tensor, mean_embeddings: torch.Tensor) -> float:
     """Eq. 15-16: mean over k of lam_k cos(H_k, H_k+1), lam_k = (1 + cos(e_k, e_k+1)) / 2.
 

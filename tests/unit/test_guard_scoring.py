@@ -172,3 +172,8 @@ def test_adjust_thresholds() -> None:
 def test_adjust_thresholds_clamps() -> None:
     assert scoring.adjust_thresholds(0.3, 0.9, 0.9, 0.95, 0.1) == pytest.approx((0.9, 1.0))
     assert scoring.adjust_thresholds(0.9, 0.3, 0.05, 0.75, 0.1) == pytest.approx((0.0, 0.75))
+
+
+def test_probe_fact_score_is_gated_by_the_least_supported_segment() -> None:
+    assert scoring.probe_fact_score(0.2, t(1.0, 1.0)) == pytest.approx(0.8)
+    assert scoring.probe_fact_score(0.2, t(1.0, 0.5)) == pytest.approx(0.4)

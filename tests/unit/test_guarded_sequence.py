@@ -310,6 +310,7 @@ def test_probe_risk_replaces_the_cosine_in_the_token_score(
     assert report is not None and report.global_check is not None
     assert seen and all(s.shape == (4, tiny_llama.config.hidden_size) for s in seen)
     assert report.global_check.probe_risk == pytest.approx(0.25)
+    assert report.global_check.f_fact == pytest.approx(0.75)
     assert all(s.probe_risk == pytest.approx(0.25) for s in report.segments)
 
 
