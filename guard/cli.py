@@ -56,7 +56,7 @@ def add_guard_parser(commands: argparse._SubParsersAction) -> None:
         help="Lines choosing the layer (default: 5101-5400).",
     )
     fit.add_argument(
-        "--c", type=float, default=0.05, help="Inverse L2 strength (default: %(default)s)."
+        "--c", type=float, default=0.01, help="Inverse L2 strength (default: %(default)s)."
     )
     fit.set_defaults(handler=run_fit_probe)
     cal = sub.add_parser(
