@@ -105,8 +105,8 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(tmp_path: Path) 
         worker.join(timeout=120)
         assert results["long"].status_code == 200
         assert results["long"].json()["usage"]["completion_tokens"] > 0
-        # uvicorn re-raises the signal once drained, so the exit is by SIGTERM itself.
-        assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
+        # A drained stop is a clean exit, not death by the signal (143 to Kubernetes).
+        assert server.process.wait(timeout=30) == 0
 
 
 def _running(server: RunningServer) -> str:
