@@ -76,7 +76,7 @@ async def _load(state: ServerState, builder: EngineBuilder) -> None:
         plain_engine=state.engines.plain,
         guard_engine=state.engines.guard,
         served_model_names=state.names,
-        max_model_len=config.max_model_len,
+        max_model_len=state.engines.max_model_len,
         guard_default=GuardConfig(enabled=config.guard_default == "on"),
         checker=checker,
     )
@@ -152,7 +152,7 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
                 id=name,
                 created=state.created,
                 root=str(state.model_path or config.model or DEFAULT_MODEL),
-                max_model_len=config.max_model_len,
+                max_model_len=state.engines.max_model_len if state.engines else None,
                 dtype=state.engines.dtype if state.engines else None,
             )
             for name in state.names

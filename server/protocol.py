@@ -179,7 +179,7 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "guardserve"
     root: str
-    max_model_len: int
+    max_model_len: int | None = Field(None, description="The context served, once loaded.")
     dtype: str | None = Field(None, description="The dtype both engines run in, once loaded.")
 
 

@@ -128,3 +128,52 @@ def test_schema_fuzzing_finds_no_server_error(tight_server: RunningServer, tmp_p
     ]  # fmt: skip
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-4000:]
+
+
+@pytest.fixture(scope="module")
+def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """The default configuration (context length, body limit), torch for plain requests too."""
+    log = tmp_path_factory.mktemp("default") / "server.log"
+    with serve(["--plain-engine", "torch"], log) as server:
+        yield server
+
+
+def test_default_context_follows_the_model_and_serves_long_prompts(
+    default_server: RunningServer,
+) -> None:
+    models = httpx.get(f"{default_server.url}/v1/models", timeout=10).json()
+    # The model's 8192 positions, as far as 16 fp32 slots fit the default torch KV budget.
+    context = models["data"][0]["max_model_len"]
+    assert 4096 < context <= 8192
+    grounded = "Context: " + " ".join(f"Fact {i}: item {i} weighs {i % 7} kg." for i in range(240))
+    body = chat(4, content=grounded + "\nQuestion: what does item 3 weigh?")
+    response = httpx.post(f"{default_server.url}/v1/chat/completions", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    assert 2300 < response.json()["usage"]["prompt_tokens"] < context
+
+
+def test_a_huge_prompt_does_not_stall_the_event_loop(default_server: RunningServer) -> None:
+    url = default_server.url
+    body = chat(4, content="lorem ipsum dolor " * 55_000)  # ~1 MB: tokenising takes a while
+    answer: dict[str, httpx.Response] = {}
+    probes: list[float] = []
+
+    def send() -> None:
+        answer["big"] = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+
+    big = threading.Thread(target=send)
+    with httpx.Client(timeout=30) as client:
+        client.get(f"{url}/health")
+        began = time.perf_counter()
+        big.start()
+        while big.is_alive():
+            sent = time.perf_counter()
+            assert client.get(f"{url}/health").status_code == 200
+            probes.append(time.perf_counter() - sent)
+            time.sleep(0.02)
+    took = time.perf_counter() - began
+    assert answer["big"].status_code == 400
+    assert answer["big"].json()["error"]["code"] == "context_length_exceeded"
+    # Before, /health waited for the whole tokenisation (nearly all of `took`).
+    assert took > 0.3 and len(probes) > 3
+    assert max(probes) < took / 2, (max(probes), took)
