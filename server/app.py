@@ -103,17 +103,6 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
 
     @app.middleware("http")
-    async def count_requests(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        """guardserve_requests_total by mode and status, whoever answered (auth, limits, route)."""
-        response = await call_next(request)
-        if request.url.path == CHAT_PATH:
-            mode = getattr(request.state, "mode", "unknown")
-            metrics.REQUESTS.labels(mode, str(response.status_code)).inc()
-        return response
-
-    @app.middleware("http")
     async def authenticate(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
@@ -123,6 +112,17 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
             if not secrets.compare_digest(given.encode(), f"Bearer {key}".encode()):
                 return unauthorized().response()
         return await call_next(request)
+
+    @app.middleware("http")
+    async def count_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """guardserve_requests_total by mode and status; outermost, so it sees 401s and 413s too."""
+        response = await call_next(request)
+        if request.url.path == CHAT_PATH:
+            mode = getattr(request.state, "mode", "unknown")
+            metrics.REQUESTS.labels(mode, str(response.status_code)).inc()
+        return response
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -116,18 +117,51 @@ def _running(server: RunningServer) -> str:
     return "\n".join(line for line in lines if line.endswith(" 1.0"))
 
 
-def test_schema_fuzzing_finds_no_server_error(tight_server: RunningServer, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """Short timeouts and context, so guarded fuzz cases with many chains end quickly."""
+    log = tmp_path_factory.mktemp("fuzz") / "server.log"
+    flags = [
+        "--plain-engine", "torch", "--max-num-seqs", "4", "--max-queue", "0",
+        "--request-timeout", "3", "--max-body-bytes", "4096", "--max-model-len", "256",
+    ]  # fmt: skip
+    with serve(flags, log) as server:
+        yield server
+
+
+def test_openapi_documents_the_guard_settings(fuzz_server: RunningServer) -> None:
+    schema = httpx.get(f"{fuzz_server.url}/openapi.json", timeout=10).json()
+    request = schema["components"]["schemas"]["ChatCompletionRequest"]
+    guard = request["properties"]["guard"]["anyOf"][0]
+    assert {"enabled", "mode", "num_candidates", "chains", "tau_low"} <= set(guard["properties"])
+    assert guard["properties"]["num_candidates"]["maximum"] == 16
+
+
+def test_schema_fuzzing_finds_no_server_error(fuzz_server: RunningServer, tmp_path: Path) -> None:
+    """Every operation, guard settings included; a 504 of the request timeout is allowed."""
     binary = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     if binary is None:
         pytest.skip("schemathesis is not installed")
     command = [
-        binary, "run", f"{tight_server.url}/openapi.json",
-        "--checks", "not_a_server_error", "--max-examples", "25", "--seed", "1",
+        binary, "run", f"{fuzz_server.url}/openapi.json",
+        "--checks", "no_server_error", "--max-examples", "25", "--seed", "1",
         "--workers", "1", "--request-timeout", "30", "--phases", "examples,coverage,fuzzing",
         "--suppress-health-check", "all", "--report-dir", str(tmp_path),
     ]  # fmt: skip
-    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    hooks = str(Path(__file__).with_name("fuzz_checks.py"))
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": hooks, "GUARDSERVE_FUZZ_MODEL": DEFAULT_MODEL}
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stdout[-4000:]
+    # The documented guard schema made the fuzzer send guarded requests that were served.
+    metrics = httpx.get(f"{fuzz_server.url}/metrics", timeout=10).text
+    served = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("guardserve_requests_total{")
+        and ('mode="guard"' in line or 'mode="verify"' in line)
+        and not line.endswith(" 0.0")
+    ]
+    assert served, metrics
 
 
 @pytest.fixture(scope="module")
