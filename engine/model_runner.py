@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from engine.kv_cache import SlotKVCache
+from engine.kv_cache import INITIAL_CACHE_LEN, SlotKVCache
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class ModelRunner:
         max_model_len: int,
         max_candidates: int,
         probe_layer: int | None = None,
+        initial_cache_len: int = INITIAL_CACHE_LEN,
     ) -> None:
         self.model = model.eval()
         config = model.config
@@ -78,6 +79,7 @@ class ModelRunner:
             head_dim=head_dim,
             dtype=next(model.parameters()).dtype,
             device=self.device,
+            initial_len=initial_cache_len,
         )
 
     @classmethod
@@ -203,8 +205,9 @@ class ModelRunner:
             ids[row, : len(row_tokens)] = torch.tensor(row_tokens, device=self.device)
         offsets = torch.arange(width, device=self.device)
         is_real = offsets[None, :] < counts[:, None]
+        kv_len = max(s + len(t) for s, t in zip(starts, tokens, strict=True))
+        self.cache.reserve(kv_len)
         write = torch.where(is_real, start[:, None] + offsets[None, :], self.cache.scratch_position)
-        kv_len = int((start + counts).max())
         # Key position p holds new token p - start (if any): look its relation up per query.
         new_index = torch.arange(kv_len, device=self.device)[None, :] - start[:, None]
         is_new = (new_index >= 0) & (new_index < counts[:, None])

@@ -30,6 +30,8 @@ def filtered_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tenso
         sorted_logits, order = torch.sort(scaled, descending=True, dim=-1)
         cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
         drop_sorted = cumulative - torch.softmax(sorted_logits, dim=-1) >= params.top_p
+        # The most likely token always stays, however small top_p (5e-324 is 0 in float32).
+        drop_sorted[..., 0] = False
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         scaled = scaled.masked_fill(drop, float("-inf"))
     return scaled

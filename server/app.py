@@ -18,16 +18,21 @@ from starlette.types import Receive, Scope, Send
 from engine.model_store import DEFAULT_MODEL, resolve_model
 from guard.config import GuardConfig
 from guard.probe import GuardAssets
+from server import metrics
 from server.config import ServerConfig
 from server.engine_factory import Engines, build_engines
 from server.engines.base import EngineError
 from server.errors import APIError, install_error_handlers, overloaded, unauthorized, unavailable
 from server.limits import BodySizeLimit
-from server.protocol import ChatCompletionRequest, ModelCard, ModelList
+from server.protocol import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList
 from server.serving import ChatService
 from server.verification import ClaimChecker
 
 logger = logging.getLogger(__name__)
+
+CHAT_PATH = "/v1/chat/completions"
+# The status nginx logs for a client that closed the connection before the answer.
+CLIENT_CLOSED = 499
 
 EngineBuilder = Callable[[Path, ServerConfig, str], Engines]
 
@@ -72,7 +77,7 @@ async def _load(state: ServerState, builder: EngineBuilder) -> None:
         plain_engine=state.engines.plain,
         guard_engine=state.engines.guard,
         served_model_names=state.names,
-        max_model_len=config.max_model_len,
+        max_model_len=state.engines.max_model_len,
         guard_default=guard_defaults(state.engines.guard_assets, config.guard_default == "on"),
         checker=checker,
         has_probe=state.engines.guard_assets is not None,
@@ -115,6 +120,17 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
                 return unauthorized().response()
         return await call_next(request)
 
+    @app.middleware("http")
+    async def count_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """guardserve_requests_total by mode and status; outermost, so it sees 401s and 413s too."""
+        response = await call_next(request)
+        if request.url.path == CHAT_PATH:
+            mode = getattr(request.state, "mode", "unknown")
+            metrics.REQUESTS.labels(mode, str(response.status_code)).inc()
+        return response
+
     @app.get("/health")
     async def health() -> dict[str, str]:
         """Liveness: the process is up."""
@@ -143,7 +159,7 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
                 id=name,
                 created=state.created,
                 root=str(state.model_path or config.model or DEFAULT_MODEL),
-                max_model_len=config.max_model_len,
+                max_model_len=state.engines.max_model_len if state.engines else None,
                 dtype=state.engines.dtype if state.engines else None,
                 guard=state.service.guard_default if state.service else None,
             )
@@ -151,27 +167,26 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
         ]
         return ModelList(data=cards)
 
-    @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(
-        body: ChatCompletionRequest, request: Request
-    ) -> JSONResponse | StreamingResponse:
+    @app.post(CHAT_PATH, response_model=None)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         """OpenAI chat completions, plain or guarded, streaming or not."""
         service = state.service
         if state.draining:
             raise unavailable("The server is shutting down.")
         if service is None:
             raise unavailable("The model is still loading.")
-        prepared = service.prepare(body, request.headers.get("x-guard"))
+        # Templating and tokenising a long prompt takes a while: off the event loop.
+        prepared = await asyncio.to_thread(service.prepare, body, request.headers.get("x-guard"))
+        request.state.mode = prepared.mode
         if state.in_flight >= state.capacity:
             raise overloaded(retry_after_s=1)
-        timeout = config.request_timeout
+        timeout = state.config.request_timeout
         state.in_flight += 1
         if body.stream:
             # Counted from now, not from its first event, so a burst cannot slip past the check.
             return AdmittedStream(state, service.stream(prepared, timeout))
         try:
-            async with asyncio.timeout(timeout):
-                completion = await service.complete(prepared)
+            completion = await _unless_disconnected(request, service.complete(prepared, timeout))
         except EngineError as exc:
             raise APIError(500, str(exc), type="server_error", code="engine_error") from exc
         except TimeoutError as exc:
@@ -179,9 +194,32 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
             raise APIError(504, message, type="timeout_error", code="timeout") from exc
         finally:
             state.in_flight -= 1
+        if completion is None:
+            return Response(status_code=CLIENT_CLOSED)
         return JSONResponse(completion.model_dump(exclude_none=True, by_alias=True))
 
     return app
+
+
+async def _unless_disconnected(
+    request: Request, work: Awaitable[ChatCompletion]
+) -> ChatCompletion | None:
+    """Await `work`, but cancel it and return None as soon as the client disconnects."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, watcher):
+            pending.cancel()
+        await asyncio.gather(task, watcher, return_exceptions=True)
+    return task.result() if not task.cancelled() else None
+
+
+async def _disconnect(request: Request) -> None:
+    """Return once the client has closed the connection (the body is read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 class AdmittedStream(StreamingResponse):

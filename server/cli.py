@@ -17,7 +17,7 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key", default=os.environ.get("GUARDSERVE_API_KEY"))
-    serve.add_argument("--max-model-len", type=int, default=2048)
+    serve.add_argument("--max-model-len", type=int, default=None)
     serve.add_argument("--max-num-seqs", type=int, default=16)
     serve.add_argument("--max-queue", type=int, default=256)
     serve.add_argument("--tensor-parallel-size", type=int, default=1)

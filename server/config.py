@@ -15,7 +15,9 @@ class ServerConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_key: str | None = None
-    max_model_len: int = Field(2048, ge=16)
+    max_model_len: int | None = Field(
+        None, ge=16, description="Context length; default: the model's, within the KV budget."
+    )
     max_num_seqs: int = Field(16, ge=1, le=1024)
     max_queue: int = Field(256, ge=0, description="Requests allowed to wait beyond max_num_seqs.")
     tensor_parallel_size: int = Field(1, ge=1)
@@ -26,7 +28,8 @@ class ServerConfig(BaseModel):
     kv_cache_memory_bytes: int | None = Field(
         None,
         ge=1 << 20,
-        description="vLLM's KV cache in bytes; default on CPU: 1 GiB, on GPUs: from the share.",
+        description="KV cache bytes of each engine. vLLM's default: 1 GiB on CPU, the share "
+        "on GPUs; the torch slot cache's default: 4 GiB (it grows to that on demand).",
     )
     plain_engine: Literal["vllm", "torch", "auto"] = "auto"
     guard_default: Literal["on", "off"] = "off"

@@ -11,9 +11,15 @@ from guard.report import GuardReport
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64)
 
+REQUESTS = Counter(
+    "guardserve_requests_total",
+    "Chat-completion requests answered, by mode (unknown when refused before it was resolved) "
+    "and HTTP status code (499: the client closed the connection first).",
+    ["mode", "status"],
+)
 REQUEST_LATENCY = Histogram(
     "guardserve_request_latency_seconds",
-    "End-to-end latency of chat-completion requests.",
+    "End-to-end latency of chat-completion requests; outcome: ok, error, aborted, timeout.",
     ["mode", "outcome"],
     buckets=LATENCY_BUCKETS,
 )

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from engine.outputs import FinishReason
 from guard.config import GuardConfig
@@ -71,7 +78,11 @@ class ChatCompletionRequest(BaseModel):
         default=False, description="vLLM extension: keep generating past end-of-sequence."
     )
     user: str | None = None
-    guard: dict[str, Any] | None = Field(
+    guard: Annotated[
+        dict[str, Any] | None,
+        # Checked against GuardConfig once merged with the server's defaults; documented as it.
+        WithJsonSchema({"anyOf": [GuardConfig.model_json_schema(), {"type": "null"}]}),
+    ] = Field(
         default=None,
         description="Per-request Token-Guard settings: {'enabled': true, ...overrides}.",
     )
@@ -180,7 +191,7 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "guardserve"
     root: str
-    max_model_len: int
+    max_model_len: int | None = Field(None, description="The context served, once loaded.")
     dtype: str | None = Field(None, description="The dtype both engines run in, once loaded.")
     guard: GuardConfig | None = Field(
         None, description="The guard settings requests start from (calibrated for this model)."

@@ -189,19 +189,25 @@ class ChatService:
                     chunk = replace(chunk, report=report)
                 yield chunk
 
-    async def complete(self, prepared: Prepared) -> ChatCompletion:
-        """Run all choices to the end and build the non-streaming response."""
+    async def complete(self, prepared: Prepared, timeout_s: float | None = None) -> ChatCompletion:
+        """Run all choices to the end and build the non-streaming response.
+
+        Past `timeout_s` this raises TimeoutError; cancelled (the client left) or timed out,
+        every generation is closed, which aborts its sequence in the engine.
+        """
         rid = completion_id()
         choices = [Output("", 0) for _ in prepared.params]
 
         async def collect(index: int, stream: AsyncIterator[Output]) -> None:
-            async for chunk in stream:
-                choices[index] = _absorb(choices[index], chunk)
+            async with aclosing(stream) as chunks:
+                async for chunk in chunks:
+                    choices[index] = _absorb(choices[index], chunk)
 
         with _Observation(prepared) as observation:
-            await asyncio.gather(
-                *(collect(i, s) for i, s in enumerate(self._generations(prepared, rid)))
-            )
+            async with asyncio.timeout(timeout_s):
+                await asyncio.gather(
+                    *(collect(i, s) for i, s in enumerate(self._generations(prepared, rid)))
+                )
             observation.first_token()
             observation.tokens(sum(c.completion_tokens for c in choices))
         reports = [c.report for c in choices]
@@ -250,14 +256,8 @@ class ChatService:
                 asyncio.create_task(pump(i, s))
                 for i, s in enumerate(self._generations(prepared, rid))
             ]
+            announced: set[int] = set()
             try:
-                for index in range(len(choices)):
-                    role = ChunkChoice(
-                        index=index, delta=DeltaMessage(role="assistant", content="")
-                    )
-                    yield event(
-                        ChatCompletionChunk(id=rid, created=created, model=model, choices=[role])
-                    )
                 remaining = len(choices)
                 while remaining:
                     left = None if deadline is None else max(deadline - time.monotonic(), 0)
@@ -266,7 +266,7 @@ class ChatService:
                     except TimeoutError:
                         message = f"The request did not finish within {timeout_s} s."
                         yield _error_event(message, "timeout_error", "timeout")
-                        observation.fail()
+                        observation.outcome = "timeout"
                         break
                     if item is None:
                         remaining -= 1
@@ -274,23 +274,31 @@ class ChatService:
                     if isinstance(item, BaseException):
                         raise item
                     choices[index] = _absorb(choices[index], item)
+                    if not (item.text or item.finish_reason):
+                        continue
                     if item.text:
                         observation.first_token()
+                    # The role rides on a choice's first content, as in vLLM's server: a role
+                    # chunk sent ahead of any token would let clients time the first token early.
+                    first = index not in announced
+                    announced.add(index)
                     delta = ChunkChoice(
                         index=index,
-                        delta=DeltaMessage(content=item.text or None),
+                        delta=DeltaMessage(
+                            role="assistant" if first else None,
+                            content=item.text or ("" if first else None),
+                        ),
                         finish_reason=item.finish_reason,
                     )
-                    if item.text or item.finish_reason:
-                        yield event(
-                            ChatCompletionChunk(
-                                id=rid,
-                                created=created,
-                                model=model,
-                                choices=[delta],
-                                guard=item.report if item.finish_reason else None,
-                            )
+                    yield event(
+                        ChatCompletionChunk(
+                            id=rid,
+                            created=created,
+                            model=model,
+                            choices=[delta],
+                            guard=item.report if item.finish_reason else None,
                         )
+                    )
             except EngineError as exc:
                 yield _error_event(str(exc), "server_error", "engine_error")
                 observation.fail()
@@ -331,7 +339,10 @@ def _error_event(message: str, kind: str, code: str) -> str:
 
 
 class _Observation:
-    """Latency, first-token and token metrics of one request, labelled by mode and outcome."""
+    """Latency, first-token and token metrics of one request, labelled by mode and outcome.
+
+    The outcome is ok, error, aborted (the client left) or timeout (cut off by the server).
+    """
 
     def __init__(self, prepared: Prepared) -> None:
         self.prepared = prepared
@@ -355,9 +366,11 @@ class _Observation:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        if exc_type is not None:
-            self.outcome = (
-                "aborted" if exc_type in (GeneratorExit, asyncio.CancelledError) else "error"
-            )
+        if exc_type is TimeoutError:
+            self.outcome = "timeout"
+        elif exc_type in (GeneratorExit, asyncio.CancelledError):
+            self.outcome = "aborted"
+        elif exc_type is not None:
+            self.outcome = "error"
         elapsed = time.perf_counter() - self.prepared.arrival
         metrics.REQUEST_LATENCY.labels(self.prepared.mode, self.outcome).observe(elapsed)

@@ -1,4 +1,4 @@
-"""Graceful shutdown: on SIGTERM stop admitting (503), drain in-flight requests, then exit."""
+"""Graceful shutdown: on SIGTERM stop admitting (503), drain in-flight requests, then exit 0."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ class DrainingServer(uvicorn.Server):
     """A uvicorn server whose first exit signal starts a drain bounded by the grace period.
 
     While draining, /ready answers 503 and new chat requests get 503; once no request is in
-    flight (or the grace period is over) uvicorn shuts down. A second signal exits at once.
+    flight (or the grace period is over) uvicorn shuts down and the process exits with status 0
+    (a drained stop is a clean one). A second signal exits at once, by that signal.
     """
 
     def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
@@ -45,12 +46,13 @@ class DrainingServer(uvicorn.Server):
             return
         self.app_state.draining = True
         logger.info("draining %d in-flight requests", self.app_state.in_flight)
-        self._drain = asyncio.get_event_loop().create_task(self._drain_then_exit(sig, frame))
+        self._drain = asyncio.get_event_loop().create_task(self._drain_then_exit())
 
-    async def _drain_then_exit(self, sig: int, frame: FrameType | None) -> None:
+    async def _drain_then_exit(self) -> None:
         deadline = time.monotonic() + self.app_state.config.shutdown_grace_period
         while self.app_state.in_flight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         if self.app_state.in_flight:
             logger.warning("grace period over with %d requests in flight", self.app_state.in_flight)
-        super().handle_exit(sig, frame)
+        # Not through handle_exit: uvicorn would re-raise the signal after shutdown (exit 143).
+        self.should_exit = True

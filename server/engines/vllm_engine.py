@@ -23,7 +23,9 @@ class VllmEngine:
 
     def __init__(self, llm: AsyncLLM) -> None:
         self.llm = llm
+        self._waiting = 0
         self._running = 0
+        self._publish_load()
 
     @classmethod
     def start(
@@ -60,8 +62,12 @@ class VllmEngine:
         return cls(AsyncLLM.from_engine_args(args))
 
     def pending(self) -> tuple[int, int]:
-        """Requests in flight (vLLM's own gauges split running and waiting)."""
-        return self._running, 0
+        """Requests (running, waiting): submitted ones without output yet count as waiting."""
+        return self._running, self._waiting
+
+    def _publish_load(self) -> None:
+        metrics.REQUESTS_RUNNING.labels(self.name).set(self._running)
+        metrics.REQUESTS_WAITING.labels(self.name).set(self._waiting)
 
     async def generate(
         self,
@@ -88,13 +94,19 @@ class VllmEngine:
         )
         produced = 0
         finished = False
-        self._running += 1
-        metrics.REQUESTS_RUNNING.labels(self.name).set(self._running)
+        started = False
+        self._waiting += 1
+        self._publish_load()
         try:
             stream = self.llm.generate(
                 TokensPrompt(prompt_token_ids=prompt_ids), sampling, request_id
             )
             async for output in stream:
+                if not started:
+                    started = True
+                    self._waiting -= 1
+                    self._running += 1
+                    self._publish_load()
                 completion = output.outputs[0]
                 produced += len(completion.token_ids)
                 reason = completion.finish_reason
@@ -107,8 +119,11 @@ class VllmEngine:
         except Exception as exc:
             raise EngineError(f"{type(exc).__name__}: {exc}") from exc
         finally:
-            self._running -= 1
-            metrics.REQUESTS_RUNNING.labels(self.name).set(self._running)
+            if started:
+                self._running -= 1
+            else:
+                self._waiting -= 1
+            self._publish_load()
             if not finished:
                 await self.llm.abort(request_id)
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 from live_server import MODEL, Server, parse_metrics, user
 
 pytestmark = pytest.mark.integration
 
+JSON = {"content-type": "application/json"}
+
 # Metric name -> Prometheus type, as announced by the `# TYPE` lines of the exposition.
 REQUIRED = {
+    "guardserve_requests_total": "counter",
     "guardserve_request_latency_seconds": "histogram",
     "guardserve_time_to_first_token_seconds": "histogram",
     "guardserve_generated_tokens_total": "counter",
@@ -66,6 +71,7 @@ def test_metrics_follow_plain_requests(server: Server) -> None:
     assert grew("guardserve_generated_tokens_total", plain) == generated
     assert grew("guardserve_prompt_tokens_total", plain) == prompt
     assert grew("guardserve_request_latency_seconds_count", plain, 'outcome="ok"') == 2
+    assert grew("guardserve_requests_total", plain, 'status="200"') == 2
     assert grew("guardserve_request_latency_seconds_sum", plain) > 0
     assert grew("guardserve_time_to_first_token_seconds_count", plain) == 2
     ttft = grew("guardserve_time_to_first_token_seconds_sum", plain)
@@ -77,6 +83,61 @@ def test_metrics_follow_plain_requests(server: Server) -> None:
         assert grew("guardserve_batch_size_count", 'engine="torch') > 0
     else:
         assert any(name.startswith("vllm:") for name in names(after))
+        # Autoscalers read these for every engine, vLLM's plain traffic included.
+        assert 'guardserve_requests_waiting{engine="vllm"}' in after
+        assert 'guardserve_requests_running{engine="vllm"}' in after
+
+
+def test_requests_counted_by_mode_and_status(torch_server: Server) -> None:
+    before = torch_server.metrics()
+    with torch_server.http() as client:
+        bad_json = client.post("/v1/chat/completions", content=b"{", headers=JSON)
+        bad_guard = client.post(
+            "/v1/chat/completions",
+            json={"model": MODEL, "messages": user("Hi"), "guard": {"lam": 7}},
+        )
+        guarded = client.post(
+            "/v1/chat/completions",
+            json={"model": MODEL, "messages": user("Hi"), "max_tokens": 4, "guard": {}},
+            headers={"x-guard": "on"},
+        )
+    assert (bad_json.status_code, bad_guard.status_code, guarded.status_code) == (400, 400, 200)
+    after = torch_server.metrics()
+
+    def grew(*labels: str) -> float:
+        name = "guardserve_requests_total"
+        return total(after, name, *labels) - total(before, name, *labels)
+
+    assert grew('mode="unknown"', 'status="400"') == 2
+    assert grew('mode="guard"', 'status="200"') == 1
+
+
+def test_client_that_leaves_a_non_streaming_request_frees_its_slot(server: Server) -> None:
+    before = server.metrics()
+    body = {
+        "model": MODEL,
+        "messages": user("Tell me a very long story."),
+        "max_tokens": 450,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=1.5)
+    left = time.monotonic()
+    while total(server.metrics(), "guardserve_requests_running") > 0:
+        assert time.monotonic() - left < 3, "the abandoned request is still running"
+        time.sleep(0.1)
+    deadline = time.monotonic() + 3
+    while True:
+        after = server.metrics()
+        aborted = total(after, "guardserve_request_latency_seconds_count", 'outcome="aborted"')
+        closed = total(after, "guardserve_requests_total", 'status="499"')
+        if aborted > total(
+            before, "guardserve_request_latency_seconds_count", 'outcome="aborted"'
+        ) and closed > total(before, "guardserve_requests_total", 'status="499"'):
+            break
+        assert time.monotonic() < deadline, "the abort was not counted"
+        time.sleep(0.1)
 
 
 def test_metrics_follow_guarded_requests(torch_server: Server) -> None:

@@ -127,7 +127,10 @@ def test_stream_matches_non_stream(server: Server) -> None:
     )
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     assert len({c.id for c in chunks}) == 1
-    assert chunks[0].choices[0].delta.role == "assistant"
+    # The role comes with the first content, not ahead of it (clients time TTFT by that event).
+    first = chunks[0].choices[0]
+    assert first.delta.role == "assistant"
+    assert first.delta.content or first.finish_reason
     with_choices = [c for c in chunks if c.choices]
     content = "".join(c.choices[0].delta.content or "" for c in with_choices)
     assert content == whole.choices[0].message.content

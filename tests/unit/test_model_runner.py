@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import LlamaForCausalLM
 
@@ -127,3 +128,51 @@ def test_tree_step_probe_layer_states_equal_full_forward(tiny_llama: LlamaForCau
             out = tiny_llama(torch.tensor([[*prompt, token]]), output_hidden_states=True)
         expected = out.hidden_states[layer][0, -1].float()
         torch.testing.assert_close(step.probe[0, index], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_cache_grows_with_the_longest_sequence_and_decodes_the_same(
+    tiny_llama: LlamaForCausalLM,
+) -> None:
+    def decode(runner: ModelRunner, steps: int) -> tuple[list[list[int]], list[torch.Tensor]]:
+        slots = [0, 1]
+        prompts = [PROMPTS[2], PROMPTS[1]]
+        out = runner.extend(slots, prompts)
+        tokens = [[int(row.argmax())] for row in out.logits]
+        logits = [out.logits]
+        for _ in range(steps):
+            # Two candidates per row, the second chosen, so commits move K/V across growths.
+            step = runner.tree_step(slots, [[t[-1], (t[-1] + 1) % 96] for t in tokens])
+            runner.commit(slots, [1, 1])
+            rows = torch.stack([runner.logits(step.final[row, 1]) for row in range(2)])
+            logits.append(rows)
+            for row, token in enumerate(rows.argmax(-1).tolist()):
+                tokens[row].append(int(token))
+        return tokens, logits
+
+    growing = ModelRunner(
+        tiny_llama, num_slots=2, max_model_len=100, max_candidates=2, initial_cache_len=4
+    )
+    assert growing.cache.capacity == 4
+    small_bytes = growing.cache.nbytes
+    fixed = ModelRunner(
+        tiny_llama, num_slots=2, max_model_len=100, max_candidates=2, initial_cache_len=102
+    )
+    grown_tokens, grown_logits = decode(growing, 40)
+    fixed_tokens, fixed_logits = decode(fixed, 40)
+    assert grown_tokens == fixed_tokens
+    for a, b in zip(grown_logits, fixed_logits, strict=True):
+        torch.testing.assert_close(a, b)
+    # 7 prompt tokens + 40 steps + 2 candidates: doubled from 4 to 64, short of the 102 cap.
+    assert growing.cache.capacity == 64
+    assert growing.cache.nbytes == small_bytes * 65 // 5
+    assert fixed.cache.capacity == 102
+
+
+def test_cache_refuses_to_grow_past_its_cap(tiny_llama: LlamaForCausalLM) -> None:
+    runner = ModelRunner(
+        tiny_llama, num_slots=1, max_model_len=16, max_candidates=1, initial_cache_len=4
+    )
+    runner.extend([0], [list(range(3, 19))])
+    assert runner.cache.capacity == 16
+    with pytest.raises(ValueError, match="max_model_len"):
+        runner.extend([0], [[5]])

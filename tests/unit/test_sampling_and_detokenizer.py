@@ -26,6 +26,13 @@ def test_top_p_keeps_the_smallest_nucleus() -> None:
     assert torch.isfinite(kept).tolist() == [True, True, False, False]
 
 
+def test_a_vanishing_top_p_still_keeps_the_best_token() -> None:
+    logits = torch.tensor([0.5, 3.0, 1.0, -2.0])
+    params = SamplingParams(max_tokens=1, top_p=5e-324)  # rounds to 0 in float32
+    generator = torch.Generator().manual_seed(0)
+    assert [sample_token(logits, params, generator) for _ in range(5)] == [1] * 5
+
+
 def test_seeded_sampling_repeats() -> None:
     logits = torch.zeros(50)
     params = SamplingParams(max_tokens=1, temperature=1.0)
