@@ -12,11 +12,31 @@ from engine.outputs import FinishReason
 from guard.report import GuardReport
 
 
+def valid_unicode(value: Any) -> Any:
+    """Reject strings that UTF-8 cannot encode (JSON's unpaired \\uD800-\\uDFFF escapes).
+
+    Lists are checked item by item; anything else passes through unchanged.
+    """
+    for item in value if isinstance(value, list) else [value]:
+        if not isinstance(item, str):
+            continue
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"contains an unpaired UTF-16 surrogate at character {exc.start}; "
+                "text must be valid Unicode"
+            ) from None
+    return value
+
+
 class TextPart(BaseModel):
     """One text part of a multi-part message content."""
 
     type: Literal["text"]
     text: str
+
+    _text_is_unicode = field_validator("text")(valid_unicode)
 
 
 class ChatMessage(BaseModel):
@@ -27,6 +47,8 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+
+    _text_is_unicode = field_validator("content", "name")(valid_unicode)
 
     @model_validator(mode="after")
     def _content_required(self) -> ChatMessage:
@@ -74,6 +96,8 @@ class ChatCompletionRequest(BaseModel):
         default=None,
         description="Per-request Token-Guard settings: {'enabled': true, ...overrides}.",
     )
+
+    _text_is_unicode = field_validator("model", "stop", "user")(valid_unicode)
 
     @field_validator("stop")
     @classmethod

@@ -83,6 +83,20 @@ def test_oversized_body_gets_413(tight_server: RunningServer) -> None:
     assert response.json()["error"]["code"] == "request_too_large"
 
 
+def test_oversized_chunked_body_gets_413(tight_server: RunningServer) -> None:
+    raw = json.dumps(chat(4, content="x" * 10_000)).encode()
+    pieces = (raw[i : i + 1024] for i in range(0, len(raw), 1024))  # no Content-Length: chunked
+    url = f"{tight_server.url}/v1/chat/completions"
+    json_type = {"content-type": "application/json"}
+    response = httpx.post(url, content=pieces, headers=json_type, timeout=30)
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+    small = json.dumps(chat(2)).encode()
+    ok = httpx.post(url, content=iter([small[:10], small[10:]]), headers=json_type, timeout=60)
+    assert ok.status_code == 200, ok.text
+
+
 def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(tmp_path: Path) -> None:
     with serve(
         ["--plain-engine", "torch", "--shutdown-grace-period", "60"], tmp_path / "log"
