@@ -53,14 +53,18 @@ Output = SequenceOutput[GuardReport]
 def resolve_guard(
     body: dict | None, header: str | None, default: GuardConfig
 ) -> GuardConfig | None:
-    """Guard settings of a request: body `guard` overrides, `X-Guard` header, server default."""
+    """Guard settings of a request: body `guard` overrides, `X-Guard` header, server default.
+
+    Settings in the body without `enabled` ask for guarding (`enabled: true`), unless the
+    header says `off`; `{"enabled": false, ...}` stays off.
+    """
     overrides = dict(body or {})
     if header is not None:
         value = header.strip().lower()
         if value not in ("on", "off"):
             raise invalid_request("X-Guard must be 'on' or 'off'", param="X-Guard")
         overrides.setdefault("enabled", value == "on")
-    if "mode" in overrides and "enabled" not in overrides:
+    if overrides and "enabled" not in overrides:
         overrides["enabled"] = True
     try:
         config = GuardConfig.merged(default, overrides)
