@@ -41,13 +41,13 @@ class ServerState:
         self.load_error: str | None = None
         self.model_path: Path | None = None
         self.names = config.served_model_name or [_default_name(config.model)]
-        self.in_flight = 0
+        self.in_flight = 0  # sequences of the admitted requests (n x guard chains each)
         self.draining = False
         self.created = int(time.time())
 
     @property
     def capacity(self) -> int:
-        """Requests admitted at once: the running slots plus the waiting queue."""
+        """Sequences admitted at once: the running slots plus the waiting queue."""
         return self.config.max_num_seqs + self.config.max_queue
 
 
@@ -72,6 +72,7 @@ async def _load(state: ServerState, builder: EngineBuilder) -> None:
         guard_engine=state.engines.guard,
         served_model_names=state.names,
         max_model_len=config.max_model_len,
+        max_num_seqs=config.max_num_seqs,
         guard_default=GuardConfig(enabled=config.guard_default == "on"),
         checker=checker,
     )
@@ -154,13 +155,14 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
         if service is None:
             raise unavailable("The model is still loading.")
         prepared = service.prepare(body, request.headers.get("x-guard"))
-        if state.in_flight >= state.capacity:
+        sequences = prepared.sequences
+        if state.in_flight + sequences > state.capacity:
             raise overloaded(retry_after_s=1)
         timeout = config.request_timeout
-        state.in_flight += 1
+        state.in_flight += sequences
         if body.stream:
             # Counted from now, not from its first event, so a burst cannot slip past the check.
-            return AdmittedStream(state, service.stream(prepared, timeout))
+            return AdmittedStream(state, service.stream(prepared, timeout), sequences)
         try:
             async with asyncio.timeout(timeout):
                 completion = await service.complete(prepared)
@@ -170,7 +172,7 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
             message = f"The request did not finish within {timeout} s."
             raise APIError(504, message, type="timeout_error", code="timeout") from exc
         finally:
-            state.in_flight -= 1
+            state.in_flight -= sequences
         return JSONResponse(completion.model_dump(exclude_none=True, by_alias=True))
 
     return app
@@ -179,12 +181,13 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
 class AdmittedStream(StreamingResponse):
     """An SSE response that holds its admission until the response ends, however it ends."""
 
-    def __init__(self, state: ServerState, events: AsyncIterator[str]) -> None:
+    def __init__(self, state: ServerState, events: AsyncIterator[str], sequences: int) -> None:
         super().__init__(events, media_type="text/event-stream")
         self._state = state
+        self._sequences = sequences
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self._state.in_flight -= 1
+            self._state.in_flight -= self._sequences

@@ -40,8 +40,8 @@ class ServerConfig(BaseModel):
     )
     enforce_eager: bool = True
     seed: int = 0
-    request_timeout: float | None = Field(
-        None, gt=0, description="Seconds a request may take before it is cut off (504)."
+    request_timeout: float = Field(
+        600.0, gt=0, description="Seconds a request may take before it is cut off (504)."
     )
     shutdown_grace_period: float = Field(
         30.0, ge=0, description="Seconds SIGTERM waits for in-flight requests to finish."

@@ -46,6 +46,12 @@ class Prepared:
     context: str
     arrival: float = field(default_factory=time.perf_counter)
 
+    @property
+    def sequences(self) -> int:
+        """Sequences the engine runs for this request: one per choice, times guard chains."""
+        chains = self.guard.chains if self.guard is not None and self.mode == "guard" else 1
+        return len(self.params) * chains
+
 
 Output = SequenceOutput[GuardReport]
 
@@ -87,6 +93,7 @@ class ChatService:
         guard_engine: Engine,
         served_model_names: list[str],
         max_model_len: int,
+        max_num_seqs: int,
         guard_default: GuardConfig,
         checker: ClaimChecker,
     ) -> None:
@@ -95,6 +102,7 @@ class ChatService:
         self.guard_engine = guard_engine
         self.served_model_names = served_model_names
         self.max_model_len = max_model_len
+        self.max_num_seqs = max_num_seqs
         self.guard_default = guard_default
         self.checker = checker
 
@@ -103,6 +111,7 @@ class ChatService:
         if request.model not in self.served_model_names:
             raise model_not_found(request.model)
         guard = resolve_guard(request.guard, guard_header, self.guard_default)
+        self._check_sequences(request.n, guard)
         prompt_ids = self._prompt_ids(request)
         room = self.max_model_len - len(prompt_ids)
         if room <= 0:
@@ -136,6 +145,17 @@ class ChatService:
         mode = "plain" if guard is None else guard.mode
         context = conversation_context(request.messages)
         return Prepared(request, prompt_ids, params, guard, mode, context)
+
+    def _check_sequences(self, n: int, guard: GuardConfig | None) -> None:
+        """A request may run at most `max_num_seqs` sequences (n choices x guard chains)."""
+        chains = guard.chains if guard is not None and guard.mode == "guard" else 1
+        if n * chains > self.max_num_seqs:
+            where = f"n ({n}) x guard.chains ({chains})" if chains > 1 else f"n ({n})"
+            raise invalid_request(
+                f"{where} asks for {n * chains} sequences; this server runs at most "
+                f"{self.max_num_seqs} for one request.",
+                param="guard.chains" if chains > 1 else "n",
+            )
 
     def _prompt_ids(self, request: ChatCompletionRequest) -> list[int]:
         messages = [{"role": m.role, "content": m.text()} for m in request.messages]
