@@ -8,18 +8,30 @@ from pydantic import BaseModel, Field
 
 
 class ServerConfig(BaseModel):
-    """Everything `guardserve serve` can be told."""
+    """Everything `guardserve serve` can be told; each field's description is its flag's help."""
 
     model: str | None = Field(None, description="HF folder or .gguf; default: the embedded model.")
-    served_model_name: list[str] | None = None
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    api_key: str | None = None
-    max_model_len: int = Field(2048, ge=16)
-    max_num_seqs: int = Field(16, ge=1, le=1024)
-    max_queue: int = Field(256, ge=0, description="Requests allowed to wait beyond max_num_seqs.")
-    tensor_parallel_size: int = Field(1, ge=1)
-    data_parallel_size: int = Field(1, ge=1)
+    served_model_name: list[str] | None = Field(
+        None, description="Names the API answers to; default: the model folder's name."
+    )
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
+    api_key: str | None = Field(
+        None, description="Bearer key /v1/* requires; default: $GUARDSERVE_API_KEY, else none."
+    )
+    max_model_len: int = Field(2048, ge=16, description="Context length: prompt plus output.")
+    max_num_seqs: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="Sequences decoded at once per engine; also the most one request may ask "
+        "for (n x guard chains).",
+    )
+    max_queue: int = Field(
+        256, ge=0, description="Sequences allowed to wait beyond max_num_seqs before 429."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor-parallel GPUs.")
+    data_parallel_size: int = Field(1, ge=1, description="vLLM data-parallel replicas.")
     gpu_memory_utilization: float = Field(
         0.1, gt=0.0, le=1.0, description="vLLM's share of GPU memory (GPUs only)."
     )
@@ -28,8 +40,12 @@ class ServerConfig(BaseModel):
         ge=1 << 20,
         description="vLLM's KV cache in bytes; default on CPU: 1 GiB, on GPUs: from the share.",
     )
-    plain_engine: Literal["vllm", "torch", "auto"] = "auto"
-    guard_default: Literal["on", "off"] = "off"
+    plain_engine: Literal["vllm", "torch", "auto"] = Field(
+        "auto", description="Engine of unguarded requests; auto: vLLM when installed."
+    )
+    guard_default: Literal["on", "off"] = Field(
+        "off", description="Guard requests that say nothing about it (body field or X-Guard)."
+    )
     device: str = Field("auto", description="Torch runner device: auto, cpu, cuda:N.")
     torch_runners: int | None = Field(
         None, ge=1, description="Torch runners; default one per visible GPU, or one on CPU."
@@ -38,13 +54,19 @@ class ServerConfig(BaseModel):
         "auto",
         description="Dtype of both engines; auto: bf16 on CUDA, else fp32.",
     )
-    enforce_eager: bool = True
-    seed: int = 0
+    enforce_eager: bool = Field(
+        True, description="Run vLLM eagerly; --no-enforce-eager allows CUDA graphs."
+    )
+    seed: int = Field(0, description="Seed of vLLM's engine (requests may bring their own).")
     request_timeout: float = Field(
         600.0, gt=0, description="Seconds a request may take before it is cut off (504)."
     )
     shutdown_grace_period: float = Field(
         30.0, ge=0, description="Seconds SIGTERM waits for in-flight requests to finish."
     )
-    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest accepted request body.")
-    cache_dir: str | None = None
+    max_body_bytes: int = Field(
+        1 << 20, ge=1024, description="Largest accepted request body in bytes (413 past it)."
+    )
+    cache_dir: str | None = Field(
+        None, description="Where models are prepared; default: $GUARDSERVE_CACHE or ~/.cache."
+    )
