@@ -26,6 +26,7 @@ from server.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     DeltaMessage,
     Usage,
@@ -112,6 +113,7 @@ class ChatService:
             raise model_not_found(request.model)
         guard = resolve_guard(request.guard, guard_header, self.guard_default)
         self._check_sequences(request.n, guard)
+        schema = self._check_decoding_options(request, guard)
         prompt_ids = self._prompt_ids(request)
         room = self.max_model_len - len(prompt_ids)
         if room <= 0:
@@ -139,6 +141,8 @@ class ChatService:
                 seed=None if request.seed is None else request.seed + index,
                 stop=tuple(request.stop_list()),
                 ignore_eos=request.ignore_eos,
+                logprobs=request.logprob_count(),
+                json_schema=schema,
             )
             for index in range(request.n)
         ]
@@ -156,6 +160,26 @@ class ChatService:
                 f"{self.max_num_seqs} for one request.",
                 param="guard.chains" if chains > 1 else "n",
             )
+
+    def _check_decoding_options(
+        self, request: ChatCompletionRequest, guard: GuardConfig | None
+    ) -> str | None:
+        """Refuse options the chosen engine cannot honour; the output schema, if any."""
+        guarded = guard is not None and guard.mode == "guard"
+        if guarded and request.logprobs:
+            raise invalid_request(
+                "logprobs are not available for guarded requests (guard.enabled).",
+                param="logprobs",
+            )
+        schema = None if request.response_format is None else request.response_format.schema_text()
+        if schema is not None and (guarded or self.plain_engine.name != "vllm"):
+            where = "guarded requests" if guarded else f"the {self.plain_engine.name} engine"
+            raise invalid_request(
+                f"response_format {request.response_format.type!r} is not available for "
+                f"{where}; it needs the vLLM engine (--plain-engine vllm).",
+                param="response_format",
+            )
+        return schema
 
     def _prompt_ids(self, request: ChatCompletionRequest) -> list[int]:
         messages = [{"role": m.role, "content": m.text()} for m in request.messages]
@@ -230,6 +254,7 @@ class ChatService:
                     index=i,
                     message=AssistantMessage(content=c.text),
                     finish_reason=c.finish_reason or "stop",
+                    logprobs=ChoiceLogprobs.of(c.logprobs),
                 )
                 for i, c in enumerate(choices)
             ],
@@ -297,8 +322,9 @@ class ChatService:
                         index=index,
                         delta=DeltaMessage(content=item.text or None),
                         finish_reason=item.finish_reason,
+                        logprobs=ChoiceLogprobs.of(item.logprobs),
                     )
-                    if item.text or item.finish_reason:
+                    if item.text or item.finish_reason or item.logprobs:
                         yield event(
                             ChatCompletionChunk(
                                 id=rid,
