@@ -19,8 +19,15 @@ from engine.model_store import DEFAULT_MODEL, resolve_model
 from guard.config import GuardConfig
 from server.config import ServerConfig
 from server.engine_factory import Engines, build_engines
-from server.engines.base import EngineError
-from server.errors import APIError, install_error_handlers, overloaded, unauthorized, unavailable
+from server.engines.base import EngineError, EngineInputError
+from server.errors import (
+    APIError,
+    install_error_handlers,
+    invalid_request,
+    overloaded,
+    unauthorized,
+    unavailable,
+)
 from server.limits import BodySizeLimit
 from server.protocol import ChatCompletionRequest, ModelCard, ModelList
 from server.serving import ChatService
@@ -166,6 +173,8 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
         try:
             async with asyncio.timeout(timeout):
                 completion = await service.complete(prepared)
+        except EngineInputError as exc:
+            raise invalid_request(str(exc)) from exc
         except EngineError as exc:
             raise APIError(500, str(exc), type="server_error", code="engine_error") from exc
         except TimeoutError as exc:

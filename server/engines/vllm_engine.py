@@ -10,7 +10,7 @@ from engine.sampling import SamplingParams
 from guard.config import GuardRun
 from guard.report import GuardReport
 from server import metrics
-from server.engines.base import EngineError
+from server.engines.base import EngineError, EngineInputError
 
 if TYPE_CHECKING:
     from vllm.outputs import CompletionOutput
@@ -73,6 +73,7 @@ class VllmEngine:
     ) -> AsyncIterator[SequenceOutput[GuardReport]]:
         """Stream deltas; closing the iterator early aborts the request inside vLLM."""
         from vllm import SamplingParams as VllmSamplingParams
+        from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
@@ -111,6 +112,8 @@ class VllmEngine:
                     ("length" if reason == "length" else "stop") if finished else None,
                     logprobs=_logprobs(completion, params.logprobs),
                 )
+        except VLLMClientError as exc:
+            raise EngineInputError(str(exc)) from exc
         except Exception as exc:
             raise EngineError(f"{type(exc).__name__}: {exc}") from exc
         finally:

@@ -279,6 +279,16 @@ def test_response_format_constrains_vllm_output(vllm_server: Server) -> None:
     person = json.loads(strict.choices[0].message.content)
     assert set(person) == {"name", "age"}
     assert isinstance(person["name"], str) and isinstance(person["age"], int)
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(
+            **ask,
+            messages=QUESTION,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "broken", "schema": {"type": "nonsense"}},
+            },
+        )
+    assert "nonsense" in error.value.message
 
 
 def test_response_format_needs_vllm_on_the_torch_engine(torch_server: Server) -> None:
