@@ -50,11 +50,15 @@ class Prepared:
     @property
     def sequences(self) -> int:
         """Sequences the engine runs for this request: one per choice, times guard chains."""
-        chains = self.guard.chains if self.guard is not None and self.mode == "guard" else 1
-        return len(self.params) * chains
+        return len(self.params) * _chains(self.guard)
 
 
 Output = SequenceOutput[GuardReport]
+
+
+def _chains(guard: GuardConfig | None) -> int:
+    """Sequences per choice: the guard's chains when Token-Guard decodes, else one."""
+    return guard.chains if guard is not None and guard.mode == "guard" else 1
 
 
 def resolve_guard(
@@ -152,7 +156,7 @@ class ChatService:
 
     def _check_sequences(self, n: int, guard: GuardConfig | None) -> None:
         """A request may run at most `max_num_seqs` sequences (n choices x guard chains)."""
-        chains = guard.chains if guard is not None and guard.mode == "guard" else 1
+        chains = _chains(guard)
         if n * chains > self.max_num_seqs:
             where = f"n ({n}) x guard.chains ({chains})" if chains > 1 else f"n ({n})"
             raise invalid_request(
