@@ -60,12 +60,18 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
 def add_export_parser(commands: argparse._SubParsersAction) -> None:
     """Flags of `guardserve balto export`."""
     export = commands.add_parser("export", help="Merge a LoRA adapter into an HF model folder.")
-    export.add_argument("--adapter", type=Path, required=True, metavar="DIR")
-    export.add_argument("--out", type=Path, required=True, metavar="DIR")
+    export.add_argument(
+        "--adapter", type=Path, required=True, metavar="DIR", help="The LoRA adapter (required)."
+    )
+    export.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="The merged folder (required)."
+    )
     export.add_argument(
         "--base", default=None, help="Base model (default: the one the adapter records)."
     )
-    export.add_argument("--cache-dir", default=None)
+    export.add_argument(
+        "--cache-dir", default=None, help="Model cache (default: $GUARDSERVE_CACHE or ~/.cache)."
+    )
     export.set_defaults(handler=run_export)
 
 

@@ -33,44 +33,50 @@ class TrainConfig(BaseModel):
     model: str | None = Field(
         None, description="HF folder, .gguf or model name; None: base SmolLM2-135M-Instruct."
     )
-    cache_dir: str | None = None
-    out: Path = Path("balto-run")
+    cache_dir: str | None = Field(
+        None, description="Where models are prepared; None: $GUARDSERVE_CACHE or ~/.cache."
+    )
+    out: Path = Field(Path("balto-run"), description="Run folder for the adapter and logs.")
 
-    data: Literal["halueval"] = "halueval"
+    data: Literal["halueval"] = Field("halueval", description="Training prompts.")
     first_line: int = Field(1, ge=1, le=DEV_LAST_LINE, description="First HaluEval dev line.")
     limit: int = Field(4000, ge=1, description="Prompts (dev lines) from first_line on.")
     max_prompt_tokens: int = Field(448, ge=8, description="Longer prompts are skipped.")
 
-    steps: int = Field(20, ge=1)
-    prompts_per_step: int = Field(4, ge=1)
+    steps: int = Field(20, ge=1, description="Training steps.")
+    prompts_per_step: int = Field(4, ge=1, description="Prompts sampled per step.")
     group_size: int = Field(8, ge=2, description="Responses sampled per prompt (G).")
     mini_batch_prompts: int | None = Field(
         2, ge=1, description="Prompts per optimizer update; None: all prompts of a step."
     )
     epochs: int = Field(1, ge=1, description="Passes over each step's rollouts.")
 
-    max_new_tokens: int = Field(48, ge=1)
-    temperature: float = Field(1.0, gt=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(48, ge=1, description="Longest sampled response in tokens.")
+    temperature: float = Field(1.0, gt=0.0, description="Sampling temperature of rollouts.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling of rollouts.")
 
-    advantage: AdvantageMethod = AdvantageMethod.BALTO
+    advantage: AdvantageMethod = Field(
+        AdvantageMethod.BALTO, description="How token advantages are computed."
+    )
     normalizer: Literal["auto", "factual", "tokens"] = Field(
         "auto", description="Loss normaliser Z; auto: factual tokens for BALTO/PA, else tokens."
     )
-    clip_low: float = Field(0.2, ge=0.0, lt=1.0)
-    clip_high: float = Field(0.28, ge=0.0)
+    clip_low: float = Field(0.2, ge=0.0, lt=1.0, description="Lower ratio clip (1 - low).")
+    clip_high: float = Field(0.28, ge=0.0, description="Upper ratio clip (1 + high).")
 
-    lr: float = Field(3e-4, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    max_grad_norm: float = Field(1.0, gt=0.0)
+    lr: float = Field(3e-4, gt=0.0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient-norm clip.")
 
     full: bool = Field(False, description="Full fine-tuning instead of LoRA.")
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    lora_target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    lora_r: int = Field(8, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA scaling alpha.")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"], description="Modules LoRA adapts."
+    )
 
-    seed: int = 0
+    seed: int = Field(0, description="Seed of sampling and initialisation.")
     device: str = Field("auto", description="auto, cpu or cuda:N; training runs in float32.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch default.")
 

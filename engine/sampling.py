@@ -18,6 +18,8 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
     ignore_eos: bool = False
+    logprobs: int | None = None  # report each token's logprob and this many alternatives
+    json_schema: str | None = None  # JSON Schema the output must match (vLLM only)
 
 
 def filtered_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -35,6 +37,21 @@ def filtered_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tenso
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         scaled = scaled.masked_fill(drop, float("-inf"))
     return scaled
+
+
+def token_logprobs(
+    logits: torch.Tensor, token: int, top: int
+) -> tuple[float, list[tuple[int, float]]]:
+    """The model's log-probability of `token` and its `top` most likely tokens (ids, logprobs).
+
+    Raw model log-probabilities, before temperature and filtering (as vLLM reports them).
+    """
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    if top <= 0:
+        return float(logprobs[token]), []
+    best = torch.topk(logprobs, min(top, logprobs.shape[-1]))
+    alternatives = list(zip(best.indices.tolist(), best.values.tolist(), strict=True))
+    return float(logprobs[token]), alternatives
 
 
 def sample_token(

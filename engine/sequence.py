@@ -9,8 +9,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from engine.detokenizer import IncrementalDetokenizer
-from engine.outputs import FinishReason, SequenceOutput
-from engine.sampling import SamplingParams, sample_token
+from engine.outputs import FinishReason, SequenceOutput, TokenLogprob
+from engine.sampling import SamplingParams, sample_token, token_logprobs
 
 
 class Status(enum.Enum):
@@ -66,6 +66,7 @@ class Sequence:
             self.generator.seed()
         self._next_logits = torch.empty(0)
         self._unsent = ""
+        self._unsent_logprobs: list[TokenLogprob] = []
 
     @property
     def finished(self) -> bool:
@@ -80,6 +81,8 @@ class Sequence:
     def propose(self) -> list[int] | None:
         """Candidates for the next forward, or None once the sequence has finished."""
         token = sample_token(self._next_logits, self.params, self.generator)
+        if self.params.logprobs is not None and token not in self.eos_token_ids:
+            self._record_logprob(token)
         self._accept(token)
         return None if self.finished else [token]
 
@@ -101,10 +104,20 @@ class Sequence:
 
     def take_output(self) -> SequenceOutput[Any] | None:
         """Text and status produced since the last call (None if there is nothing new)."""
-        if not self._unsent and not self.finished:
+        if not self._unsent and not self._unsent_logprobs and not self.finished:
             return None
         text, self._unsent = self._unsent, ""
-        return SequenceOutput(text, self.generated, self.finish_reason)
+        logprobs = None
+        if self.params.logprobs is not None:
+            logprobs, self._unsent_logprobs = tuple(self._unsent_logprobs), []
+        return SequenceOutput(text, self.generated, self.finish_reason, logprobs=logprobs)
+
+    def _record_logprob(self, token: int) -> None:
+        """Note the sampled token's logprob and the requested number of alternatives."""
+        logprob, top = token_logprobs(self._next_logits, token, self.params.logprobs or 0)
+        decode = self.tokenizer.decode
+        alternatives = tuple((decode([t]), value) for t, value in top)
+        self._unsent_logprobs.append(TokenLogprob(decode([token]), logprob, alternatives))
 
     def finish(self, reason: FinishReason) -> None:
         """End generation, releasing any held-back text."""

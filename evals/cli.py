@@ -51,54 +51,82 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
         "runs side by side (Faith. vs Info. in PNG, risk vs coverage beside it); `eval table "
         "RUN_DIR...` prints them as a markdown table.",
     )
-    parser.add_argument("--base-url", default=DEFAULT_BASE_URL, help="e.g. %(default)s")
+    parser.add_argument(
+        "--base-url", default=DEFAULT_BASE_URL, help="The server's /v1 URL (default: %(default)s)"
+    )
     parser.add_argument(
         "--api-key",
         default=None,
-        help="default: $GUARDSERVE_API_KEY, $OPENAI_API_KEY, else 'unused'",
+        help="API key (default: $GUARDSERVE_API_KEY, $OPENAI_API_KEY, else 'unused')",
     )
-    parser.add_argument("--model", default=None, help="default: first entry of GET /v1/models")
+    parser.add_argument("--model", default=None, help="model (default: first of GET /v1/models)")
     parser.add_argument(
         "--dataset",
         default=HALUEVAL,
-        help="'halueval' (development lines 1-8000 only) or a JSONL of {question, context, answer}",
+        help="'halueval' (development lines 1-8000 only) or a JSONL of {question, context, "
+        "answer} (default: %(default)s)",
     )
-    parser.add_argument("--mode", choices=["plain", "guard", "verify"], default="plain")
+    parser.add_argument(
+        "--mode",
+        choices=["plain", "guard", "verify"],
+        default="plain",
+        help="How the server answers (default: %(default)s)",
+    )
     parser.add_argument(
         "--guard-options",
         type=_json_object,
         default={},
         metavar="JSON",
-        help='extra guard settings for guard/verify mode, e.g. \'{"on_failure": "truncate"}\'',
+        help='extra guard settings for guard/verify mode, e.g. \'{"on_failure": "truncate"}\' '
+        "(default: none)",
     )
     parser.add_argument("--limit", type=int, default=None, help="items to run (default: all)")
-    parser.add_argument("--offset", type=int, default=0, help="items to skip first")
-    parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--timeout", type=float, default=600.0, help="per request, seconds")
+    parser.add_argument(
+        "--offset", type=int, default=0, help="items to skip first (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=4, help="requests in flight (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed sent with every request (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-tokens", type=int, default=128, help="answer length cap (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="sampling temperature (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="per request, seconds (default: %(default)s)"
+    )
     parser.add_argument(
         "--reference",
         type=Path,
         default=None,
-        help="a previous run (typically plain) for Info. and abstention precision",
+        help="a previous run (typically plain) for Info. and abstention precision (default: none)",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="run folder (default: runs/eval/MODE-TIMESTAMP)"
     )
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="hide the progress bars (default: shown)",
+    )
     parser.set_defaults(handler=run_eval)
 
     nested = parser.add_subparsers(dest="eval_command", metavar="{plot,table}")
     plot = nested.add_parser(
         "plot", help="Plot Faith. vs Info. (PNG) and risk vs coverage (PNG_risk_coverage.png)."
     )
-    plot.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
-    plot.add_argument("--out", dest="plot_out", type=Path, required=True, metavar="PNG")
+    plot.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="eval run folders")
+    plot.add_argument(
+        "--out", dest="plot_out", type=Path, required=True, metavar="PNG", help="image (required)"
+    )
     plot.set_defaults(handler=run_plot)
     table = nested.add_parser("table", help="Print runs as a markdown table (judge per column).")
-    table.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    table.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="eval run folders")
     table.set_defaults(handler=run_table)
 
 

@@ -14,9 +14,12 @@ MAX_CANDIDATES = 16
 
 
 class GuardConfig(BaseModel):
-    """Settings for one guarded generation; server defaults merged with per-request overrides."""
+    """Settings for one guarded generation; server defaults merged with per-request overrides.
 
-    model_config = ConfigDict(extra="forbid")
+    Strict: `"yes"` is no bool and `"2"` no int; a request gets what it wrote or a 400.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     enabled: bool = Field(False, description="Run guarded generation for this request.")
     preset: Literal["calibrated", "paper"] = Field(

@@ -18,6 +18,7 @@ from guard.report import GlobalReport, GuardReport, SegmentReport
 
 Embedder = Callable[[list[int]], torch.Tensor]
 RiskScorer = Callable[[torch.Tensor], torch.Tensor]
+SENTENCE_ENDS = (".", "!", "?")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,17 @@ class _OpenSegment:
     refinements: int = 0
     mean: torch.Tensor = field(default_factory=lambda: torch.empty(0))
     count: int = 0
+
+
+def marker_joint(text: str) -> str:
+    """What goes between a truncated answer and its marker, so the marker reads on its own.
+
+    Nothing after whitespace (or before an empty answer), a space after a finished sentence,
+    else an ellipsis closing the cut-off sentence first.
+    """
+    if not text or text[-1].isspace():
+        return ""
+    return " " if text.endswith(SENTENCE_ENDS) else "... "
 
 
 class GuardedSequence(Sequence):
@@ -375,8 +387,8 @@ class GuardedSequence(Sequence):
                 for segment in self.chain:
                     self._release_text(segment.token_ids)
             report.outcome = "truncated"
-            marker = self.config.truncation_marker
-            self._unsent += (" " if self.detokenizer.text else "") + marker
+            self._unsent += self.detokenizer.flush()
+            self._unsent += marker_joint(self.detokenizer.text) + self.config.truncation_marker
         else:
             report.outcome = "refused"
             if self.hold_until_checked:
@@ -419,9 +431,9 @@ class GuardedSequence(Sequence):
         piece = self.tokenizer.decode([token])
         if "\n" in piece:
             return True
-        if self.config.segment_boundary == "line" or not piece.rstrip().endswith((".", "!", "?")):
+        if self.config.segment_boundary == "line" or not piece.rstrip().endswith(SENTENCE_ENDS):
             return False
-        if piece.strip() in (".", "!", "?") and len(self._segment.tokens) >= 2:
+        if piece.strip() in SENTENCE_ENDS and len(self._segment.tokens) >= 2:
             before = self.tokenizer.decode([self._segment.tokens[-2].token])
             return not before[-1:].isdigit()
         return True

@@ -21,8 +21,15 @@ from guard.probe import GuardAssets
 from server import metrics
 from server.config import ServerConfig
 from server.engine_factory import Engines, build_engines
-from server.engines.base import EngineError
-from server.errors import APIError, install_error_handlers, overloaded, unauthorized, unavailable
+from server.engines.base import EngineError, EngineInputError
+from server.errors import (
+    APIError,
+    install_error_handlers,
+    invalid_request,
+    overloaded,
+    unauthorized,
+    unavailable,
+)
 from server.limits import BodySizeLimit
 from server.protocol import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList
 from server.serving import ChatService
@@ -47,13 +54,13 @@ class ServerState:
         self.load_error: str | None = None
         self.model_path: Path | None = None
         self.names = config.served_model_name or [_default_name(config.model)]
-        self.in_flight = 0
+        self.in_flight = 0  # sequences of the admitted requests (n x guard chains each)
         self.draining = False
         self.created = int(time.time())
 
     @property
     def capacity(self) -> int:
-        """Requests admitted at once: the running slots plus the waiting queue."""
+        """Sequences admitted at once: the running slots plus the waiting queue."""
         return self.config.max_num_seqs + self.config.max_queue
 
 
@@ -78,6 +85,7 @@ async def _load(state: ServerState, builder: EngineBuilder) -> None:
         guard_engine=state.engines.guard,
         served_model_names=state.names,
         max_model_len=state.engines.max_model_len,
+        max_num_seqs=config.max_num_seqs,
         guard_default=guard_defaults(state.engines.guard_assets, config.guard_default == "on"),
         checker=checker,
         has_probe=state.engines.guard_assets is not None,
@@ -178,22 +186,25 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
         # Templating and tokenising a long prompt takes a while: off the event loop.
         prepared = await asyncio.to_thread(service.prepare, body, request.headers.get("x-guard"))
         request.state.mode = prepared.mode
-        if state.in_flight >= state.capacity:
+        sequences = prepared.sequences
+        if state.in_flight + sequences > state.capacity:
             raise overloaded(retry_after_s=1)
         timeout = state.config.request_timeout
-        state.in_flight += 1
+        state.in_flight += sequences
         if body.stream:
             # Counted from now, not from its first event, so a burst cannot slip past the check.
-            return AdmittedStream(state, service.stream(prepared, timeout))
+            return AdmittedStream(state, service.stream(prepared, timeout), sequences)
         try:
             completion = await _unless_disconnected(request, service.complete(prepared, timeout))
+        except EngineInputError as exc:
+            raise invalid_request(str(exc)) from exc
         except EngineError as exc:
             raise APIError(500, str(exc), type="server_error", code="engine_error") from exc
         except TimeoutError as exc:
             message = f"The request did not finish within {timeout} s."
             raise APIError(504, message, type="timeout_error", code="timeout") from exc
         finally:
-            state.in_flight -= 1
+            state.in_flight -= sequences
         if completion is None:
             return Response(status_code=CLIENT_CLOSED)
         return JSONResponse(completion.model_dump(exclude_none=True, by_alias=True))
@@ -225,12 +236,13 @@ async def _disconnect(request: Request) -> None:
 class AdmittedStream(StreamingResponse):
     """An SSE response that holds its admission until the response ends, however it ends."""
 
-    def __init__(self, state: ServerState, events: AsyncIterator[str]) -> None:
+    def __init__(self, state: ServerState, events: AsyncIterator[str], sequences: int) -> None:
         super().__init__(events, media_type="text/event-stream")
         self._state = state
+        self._sequences = sequences
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self._state.in_flight -= 1
+            self._state.in_flight -= self._sequences

@@ -5,39 +5,99 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from typing import Any
 
 from server.config import ServerConfig
+
+# Flags by group; each flag is a ServerConfig field and takes its default and help from there.
+FLAG_GROUPS: dict[str, list[str]] = {
+    "model": ["model", "served_model_name", "dtype", "max_model_len", "cache_dir"],
+    "server": [
+        "host",
+        "port",
+        "api_key",
+        "request_timeout",
+        "shutdown_grace_period",
+        "max_body_bytes",
+    ],
+    "engines": [
+        "plain_engine",
+        "max_num_seqs",
+        "device",
+        "torch_runners",
+        "tensor_parallel_size",
+        "data_parallel_size",
+        "gpu_memory_utilization",
+        "kv_cache_memory_bytes",
+        "enforce_eager",
+        "seed",
+    ],
+    "guard": ["guard_default", "guard_probe"],
+    "limits": ["max_queue"],
+}
+
+FLAG_OPTIONS: dict[str, dict[str, Any]] = {
+    "served_model_name": {"nargs": "+", "metavar": "NAME"},
+    "api_key": {"metavar": "KEY"},
+    "model": {"metavar": "PATH"},
+    "cache_dir": {"metavar": "DIR"},
+}
+
+
+def _add_flag(group: argparse._ArgumentGroup, name: str) -> None:
+    """Add ServerConfig field `name` as `--name-with-dashes`, typed from the field."""
+    info = ServerConfig.model_fields[name]
+    flag = "--" + name.replace("_", "-")
+    description = str(info.description)
+    # A None default means "decided at start-up", which the description itself explains.
+    stated = info.default is None and "default" in description
+    help_text = description if stated else f"{description} (default: %(default)s)"
+    options = dict(FLAG_OPTIONS.get(name, {}))
+    if info.annotation is bool:
+        group.add_argument(
+            f"--no-{flag[2:]}",
+            dest=name,
+            action="store_false",
+            default=info.default,
+            help=f"{description} (default: {'on' if info.default else 'off'})",
+        )
+        return
+    choices = getattr(info.annotation, "__args__", None)
+    if choices is not None and all(isinstance(c, str) for c in choices):
+        options["choices"] = list(choices)
+    elif "nargs" not in options:
+        base = next((t for t in (int, float) if info.annotation in (t, t | None)), None)
+        if base is not None:
+            options["type"] = base
+    group.add_argument(flag, dest=name, default=info.default, help=help_text, **options)
 
 
 def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     """Flags of `guardserve serve`, named as in `vllm serve` where the meaning is the same."""
-    serve = commands.add_parser("serve", help="Start the OpenAI-compatible server.")
-    serve.add_argument("--model", default=None, help="HF folder or .gguf (default: embedded).")
-    serve.add_argument("--served-model-name", nargs="+", default=None)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--api-key", default=os.environ.get("GUARDSERVE_API_KEY"))
-    serve.add_argument("--max-model-len", type=int, default=None)
-    serve.add_argument("--max-num-seqs", type=int, default=16)
-    serve.add_argument("--max-queue", type=int, default=256)
-    serve.add_argument("--tensor-parallel-size", type=int, default=1)
-    serve.add_argument("--data-parallel-size", type=int, default=1)
-    serve.add_argument("--gpu-memory-utilization", type=float, default=0.1)
-    serve.add_argument("--kv-cache-memory-bytes", type=int, default=None)
-    serve.add_argument("--plain-engine", choices=["vllm", "torch", "auto"], default="auto")
-    serve.add_argument("--guard-default", choices=["on", "off"], default="off")
-    serve.add_argument("--guard-probe", default="auto")
-    serve.add_argument("--device", default="auto")
-    serve.add_argument("--torch-runners", type=int, default=None)
-    serve.add_argument("--dtype", default="auto")
-    serve.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false")
-    serve.add_argument("--seed", type=int, default=0)
-    serve.add_argument("--request-timeout", type=float, default=None)
-    serve.add_argument("--shutdown-grace-period", type=float, default=30.0)
-    serve.add_argument("--max-body-bytes", type=int, default=1 << 20)
-    serve.add_argument("--cache-dir", default=None)
-    serve.add_argument("--log-level", default="info")
+    serve = commands.add_parser(
+        "serve",
+        help="Start the OpenAI-compatible server.",
+        description="Serve OpenAI chat completions: plain requests on vLLM or the torch runner, "
+        "guarded ones (Token-Guard) on the torch runner.",
+    )
+    for title, names in FLAG_GROUPS.items():
+        group = serve.add_argument_group(title)
+        for name in names:
+            _add_flag(group, name)
+    serve.add_argument_group("logging").add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error", "critical"],
+        help="Log level of the server and its engines (default: %(default)s)",
+    )
     serve.set_defaults(handler=run_serve)
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """The ServerConfig of parsed `serve` flags (the API key may come from the environment)."""
+    values = {k: v for k, v in vars(args).items() if k in ServerConfig.model_fields}
+    values["api_key"] = values.get("api_key") or os.environ.get("GUARDSERVE_API_KEY")
+    return ServerConfig(**values)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -45,8 +105,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from server.app import create_app
     from server.shutdown import DrainingServer
 
-    fields = ServerConfig.model_fields
-    config = ServerConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    config = server_config(args)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,12 +40,20 @@ class APIError(Exception):
         return error_response(self.status, self.body, self.headers)
 
 
+class _AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped, so any string a client sent (lone surrogates too) renders."""
+
+    def render(self, content: Any) -> bytes:
+        """Serialise `content` as ASCII-only JSON."""
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 def error_response(
     status: int, body: ErrorBody, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     """A JSON response with OpenAI's error envelope."""
     content = ErrorResponse(error=body).model_dump()
-    return JSONResponse(status_code=status, content=content, headers=headers)
+    return _AsciiJSONResponse(status_code=status, content=content, headers=headers)
 
 
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
@@ -89,8 +99,16 @@ def unavailable(message: str) -> APIError:
     )
 
 
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "dict"})
+
+
 def _location_param(loc: tuple[int | str, ...]) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body",)]
+    """The dotted field path of a validation error, without `body` and pydantic's union tags."""
+    parts = [
+        str(p)
+        for p in loc
+        if p != "body" and not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS))
+    ]
     return ".".join(parts) or None
 
 
@@ -103,7 +121,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
+        # Of a union's failed branches, the deepest error says most (a bad text part's field
+        # rather than "not a string").
+        errors = sorted(exc.errors(), key=lambda e: len(e.get("loc", ())), reverse=True)
+        first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
         param = _location_param(tuple(first.get("loc", ())))
         if first.get("type") == "json_invalid":
             message = "The request body is not valid JSON."

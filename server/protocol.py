@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -10,14 +11,33 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-from engine.outputs import FinishReason
+from engine.outputs import FinishReason, TokenLogprob
 from guard.config import GuardConfig
 from guard.report import GuardReport
+
+
+def valid_unicode(value: Any) -> Any:
+    """Reject strings that UTF-8 cannot encode (JSON's unpaired \\uD800-\\uDFFF escapes).
+
+    Lists are checked item by item; anything else passes through unchanged.
+    """
+    for item in value if isinstance(value, list) else [value]:
+        if not isinstance(item, str):
+            continue
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"contains an unpaired UTF-16 surrogate at character {exc.start}; "
+                "text must be valid Unicode"
+            ) from None
+    return value
 
 
 class TextPart(BaseModel):
@@ -25,6 +45,8 @@ class TextPart(BaseModel):
 
     type: Literal["text"]
     text: str
+
+    _text_is_unicode = field_validator("text")(valid_unicode)
 
 
 class ChatMessage(BaseModel):
@@ -35,6 +57,8 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+
+    _text_is_unicode = field_validator("content", "name")(valid_unicode)
 
     @model_validator(mode="after")
     def _content_required(self) -> ChatMessage:
@@ -55,6 +79,37 @@ class StreamOptions(BaseModel):
     """OpenAI stream options."""
 
     include_usage: bool = False
+
+
+class JsonSchemaFormat(BaseModel):
+    """The schema of a `json_schema` response format."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(max_length=64)
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI `response_format`: free text, any JSON object, or JSON matching a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with, and only with, type 'json_schema'")
+        return self
+
+    def schema_text(self) -> str | None:
+        """The JSON Schema the output must match, as text; None for free text."""
+        if self.type == "json_object":
+            return json.dumps({"type": "object"})
+        if self.json_schema is not None:
+            return json.dumps(self.json_schema.schema_)
+        return None
 
 
 class ChatCompletionRequest(BaseModel):
@@ -78,6 +133,21 @@ class ChatCompletionRequest(BaseModel):
         default=False, description="vLLM extension: keep generating past end-of-sequence."
     )
     user: str | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = Field(
+        default=None, description="Not supported: a non-empty list is a 400."
+    )
+    tool_choice: str | dict[str, Any] | None = Field(
+        default=None, description="Only 'none' is supported."
+    )
+    functions: list[dict[str, Any]] | None = Field(
+        default=None, description="Not supported: a non-empty list is a 400."
+    )
+    function_call: str | dict[str, Any] | None = Field(
+        default=None, description="Only 'none' is supported."
+    )
     guard: Annotated[
         dict[str, Any] | None,
         # Checked against GuardConfig once merged with the server's defaults; documented as it.
@@ -86,6 +156,8 @@ class ChatCompletionRequest(BaseModel):
         default=None,
         description="Per-request Token-Guard settings: {'enabled': true, ...overrides}.",
     )
+
+    _text_is_unicode = field_validator("model", "stop", "user")(valid_unicode)
 
     @field_validator("stop")
     @classmethod
@@ -102,6 +174,31 @@ class ChatCompletionRequest(BaseModel):
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
         return self
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_need_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
+        return value
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if value:
+            raise ValueError("tool and function calling are not supported by this server")
+        return value
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_tool_choice(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if value not in (None, "none"):
+            raise ValueError("tool and function calling are not supported; only 'none' is")
+        return value
+
+    def logprob_count(self) -> int | None:
+        """How many alternatives to report per token; None when logprobs are not wanted."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def stop_list(self) -> list[str]:
         """Stop sequences as a list."""
@@ -129,13 +226,57 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    """One likely token at a position."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ContentLogprob(TopLogprob):
+    """A generated token with its most likely alternatives."""
+
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    """OpenAI's `logprobs` of a choice (or of a stream chunk's choice)."""
+
+    content: list[ContentLogprob]
+
+    @classmethod
+    def of(cls, entries: tuple[TokenLogprob, ...] | None) -> ChoiceLogprobs | None:
+        """The wire form of an engine's per-token logprobs; None when none were asked for."""
+        if entries is None:
+            return None
+
+        def utf8(text: str) -> list[int]:
+            return list(text.encode("utf-8", errors="replace"))
+
+        return cls(
+            content=[
+                ContentLogprob(
+                    token=entry.token,
+                    logprob=entry.logprob,
+                    bytes=utf8(entry.token),
+                    top_logprobs=[
+                        TopLogprob(token=token, logprob=logprob, bytes=utf8(token))
+                        for token, logprob in entry.top
+                    ],
+                )
+                for entry in entries
+            ]
+        )
+
+
 class Choice(BaseModel):
     """One generated alternative."""
 
     index: int
     message: AssistantMessage
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 def completion_id() -> str:
@@ -168,7 +309,7 @@ class ChunkChoice(BaseModel):
     index: int
     delta: DeltaMessage
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):

@@ -26,6 +26,7 @@ from server.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     DeltaMessage,
     Usage,
@@ -46,21 +47,35 @@ class Prepared:
     context: str
     arrival: float = field(default_factory=time.perf_counter)
 
+    @property
+    def sequences(self) -> int:
+        """Sequences the engine runs for this request: one per choice, times guard chains."""
+        return len(self.params) * _chains(self.guard)
+
 
 Output = SequenceOutput[GuardReport]
+
+
+def _chains(guard: GuardConfig | None) -> int:
+    """Sequences per choice: the guard's chains when Token-Guard decodes, else one."""
+    return guard.chains if guard is not None and guard.mode == "guard" else 1
 
 
 def resolve_guard(
     body: dict | None, header: str | None, default: GuardConfig
 ) -> GuardConfig | None:
-    """Guard settings of a request: body `guard` overrides, `X-Guard` header, server default."""
+    """Guard settings of a request: body `guard` overrides, `X-Guard` header, server default.
+
+    Settings in the body without `enabled` ask for guarding (`enabled: true`), unless the
+    header says `off`; `{"enabled": false, ...}` stays off.
+    """
     overrides = dict(body or {})
     if header is not None:
         value = header.strip().lower()
         if value not in ("on", "off"):
             raise invalid_request("X-Guard must be 'on' or 'off'", param="X-Guard")
         overrides.setdefault("enabled", value == "on")
-    if "mode" in overrides and "enabled" not in overrides:
+    if overrides and "enabled" not in overrides:
         overrides["enabled"] = True
     try:
         config = GuardConfig.merged(default, overrides)
@@ -83,6 +98,7 @@ class ChatService:
         guard_engine: Engine,
         served_model_names: list[str],
         max_model_len: int,
+        max_num_seqs: int,
         guard_default: GuardConfig,
         checker: ClaimChecker,
         has_probe: bool = False,
@@ -92,6 +108,7 @@ class ChatService:
         self.guard_engine = guard_engine
         self.served_model_names = served_model_names
         self.max_model_len = max_model_len
+        self.max_num_seqs = max_num_seqs
         self.guard_default = guard_default
         self.checker = checker
         self.has_probe = has_probe
@@ -106,6 +123,8 @@ class ChatService:
                 "guard.token_score: this model has no hallucination probe ('paper' works)",
                 param="guard.token_score",
             )
+        self._check_sequences(request.n, guard)
+        schema = self._check_decoding_options(request, guard)
         prompt_ids = self._prompt_ids(request)
         room = self.max_model_len - len(prompt_ids)
         if room <= 0:
@@ -133,12 +152,45 @@ class ChatService:
                 seed=None if request.seed is None else request.seed + index,
                 stop=tuple(request.stop_list()),
                 ignore_eos=request.ignore_eos,
+                logprobs=request.logprob_count(),
+                json_schema=schema,
             )
             for index in range(request.n)
         ]
         mode = "plain" if guard is None else guard.mode
         context = conversation_context(request.messages)
         return Prepared(request, prompt_ids, params, guard, mode, context)
+
+    def _check_sequences(self, n: int, guard: GuardConfig | None) -> None:
+        """A request may run at most `max_num_seqs` sequences (n choices x guard chains)."""
+        chains = _chains(guard)
+        if n * chains > self.max_num_seqs:
+            where = f"n ({n}) x guard.chains ({chains})" if chains > 1 else f"n ({n})"
+            raise invalid_request(
+                f"{where} asks for {n * chains} sequences; this server runs at most "
+                f"{self.max_num_seqs} for one request.",
+                param="guard.chains" if chains > 1 else "n",
+            )
+
+    def _check_decoding_options(
+        self, request: ChatCompletionRequest, guard: GuardConfig | None
+    ) -> str | None:
+        """Refuse options the chosen engine cannot honour; the output schema, if any."""
+        guarded = guard is not None and guard.mode == "guard"
+        if guarded and request.logprobs:
+            raise invalid_request(
+                "logprobs are not available for guarded requests (guard.enabled).",
+                param="logprobs",
+            )
+        schema = None if request.response_format is None else request.response_format.schema_text()
+        if schema is not None and (guarded or self.plain_engine.name != "vllm"):
+            where = "guarded requests" if guarded else f"the {self.plain_engine.name} engine"
+            raise invalid_request(
+                f"response_format {request.response_format.type!r} is not available for "
+                f"{where}; it needs the vLLM engine (--plain-engine vllm).",
+                param="response_format",
+            )
+        return schema
 
     def _prompt_ids(self, request: ChatCompletionRequest) -> list[int]:
         messages = [{"role": m.role, "content": m.text()} for m in request.messages]
@@ -219,6 +271,7 @@ class ChatService:
                     index=i,
                     message=AssistantMessage(content=c.text),
                     finish_reason=c.finish_reason or "stop",
+                    logprobs=ChoiceLogprobs.of(c.logprobs),
                 )
                 for i, c in enumerate(choices)
             ],
@@ -274,7 +327,7 @@ class ChatService:
                     if isinstance(item, BaseException):
                         raise item
                     choices[index] = _absorb(choices[index], item)
-                    if not (item.text or item.finish_reason):
+                    if not (item.text or item.finish_reason or item.logprobs):
                         continue
                     if item.text:
                         observation.first_token()
@@ -289,6 +342,7 @@ class ChatService:
                             content=item.text or ("" if first else None),
                         ),
                         finish_reason=item.finish_reason,
+                        logprobs=ChoiceLogprobs.of(item.logprobs),
                     )
                     yield event(
                         ChatCompletionChunk(

@@ -15,6 +15,10 @@ class EngineError(RuntimeError):
     """The engine failed this request (and only this one)."""
 
 
+class EngineInputError(EngineError):
+    """The engine refused this request's input (e.g. a JSON schema it cannot compile)."""
+
+
 class Engine(Protocol):
     """An engine that streams generations for token-id prompts."""
 

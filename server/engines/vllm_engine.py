@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from engine.outputs import SequenceOutput
+from engine.outputs import SequenceOutput, TokenLogprob
 from engine.sampling import SamplingParams
 from guard.config import GuardRun
 from guard.report import GuardReport
 from server import metrics
-from server.engines.base import EngineError
+from server.engines.base import EngineError, EngineInputError
 
 if TYPE_CHECKING:
+    from vllm.outputs import CompletionOutput
     from vllm.v1.engine.async_llm import AsyncLLM
 
 
@@ -78,9 +79,13 @@ class VllmEngine:
     ) -> AsyncIterator[SequenceOutput[GuardReport]]:
         """Stream deltas; closing the iterator early aborts the request inside vLLM."""
         from vllm import SamplingParams as VllmSamplingParams
+        from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
+        structured = None
+        if params.json_schema is not None:
+            structured = StructuredOutputsParams(json=params.json_schema)
         sampling = VllmSamplingParams(
             n=1,
             temperature=params.temperature,
@@ -90,6 +95,8 @@ class VllmEngine:
             max_tokens=params.max_tokens,
             stop=list(params.stop) or None,
             ignore_eos=params.ignore_eos,
+            logprobs=params.logprobs,
+            structured_outputs=structured,
             output_kind=RequestOutputKind.DELTA,
         )
         produced = 0
@@ -115,7 +122,10 @@ class VllmEngine:
                     completion.text,
                     produced,
                     ("length" if reason == "length" else "stop") if finished else None,
+                    logprobs=_logprobs(completion, params.logprobs),
                 )
+        except VLLMClientError as exc:
+            raise EngineInputError(str(exc)) from exc
         except Exception as exc:
             raise EngineError(f"{type(exc).__name__}: {exc}") from exc
         finally:
@@ -130,3 +140,27 @@ class VllmEngine:
     async def shutdown(self) -> None:
         """Stop the engine core process."""
         self.llm.shutdown()
+
+
+def _logprobs(completion: CompletionOutput, top: int | None) -> tuple[TokenLogprob, ...] | None:
+    """The new tokens' logprobs in the engine's record; None when none were asked for.
+
+    vLLM gives each position the sampled token plus the `top` most likely ones, keyed by id.
+    """
+    if top is None or completion.logprobs is None:
+        return None
+    entries = []
+    for token_id, position in zip(completion.token_ids, completion.logprobs, strict=True):
+        sampled = position[token_id]
+        ranked = sorted(
+            (entry for entry in position.values() if entry.rank is not None and entry.rank <= top),
+            key=lambda entry: entry.rank or 0,
+        )
+        entries.append(
+            TokenLogprob(
+                sampled.decoded_token or "",
+                sampled.logprob,
+                tuple((entry.decoded_token or "", entry.logprob) for entry in ranked),
+            )
+        )
+    return tuple(entries)

@@ -59,6 +59,26 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any] | str, int, str | None, str | None]
     ("n_zero", body(n=0), 400, None, "n"),
     ("too_many_stops", body(stop=["a", "b", "c", "d", "e"]), 400, None, "stop"),
     ("options_without_stream", body(stream_options={"include_usage": True}), 400, None, None),
+    # json.dumps writes a lone surrogate as the escape \ud800, which JSON parsers accept.
+    ("surrogate_in_content", body(messages=user("\ud800x")), 400, None, "messages"),
+    (
+        "surrogate_in_text_part",
+        body(messages=[{"role": "user", "content": [{"type": "text", "text": "a\udfff"}]}]),
+        400,
+        None,
+        "messages",
+    ),
+    ("surrogate_in_model", body(model="M\ud800"), 400, None, "model"),
+    ("surrogate_in_stop", body(stop=["ok", "\ud800"]), 400, None, "stop"),
+    ("surrogate_in_user", body(user="\udc00"), 400, None, "user"),
+    (
+        "surrogate_in_guard",
+        body(guard={"enabled": True, "refusal_message": "\ud800"}),
+        400,
+        None,
+        "guard",
+    ),
+    ("unknown_unicode_model", body(model="模型-\u00e9\U0001f600"), 404, "model_not_found", "model"),
 ]
 
 

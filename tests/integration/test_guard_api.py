@@ -151,6 +151,14 @@ def test_guard_default_on_server(guard_default_server: Server) -> None:
     assert overridden[0]["outcome"] == "truncated"
 
 
+def test_settings_without_enabled_turn_guarding_on(torch_server: Server) -> None:
+    implied = reports(ask(torch_server, guard=TRUNCATE, messages=GROUNDED))
+    assert implied is not None
+    assert implied[0]["outcome"] == "truncated"
+    assert reports(ask(torch_server, guard=TRUNCATE, headers={"X-Guard": "off"})) is None
+    assert reports(ask(torch_server, guard={"enabled": False, **TRUNCATE})) is None
+
+
 def test_refuse_path(torch_server: Server) -> None:
     message = "No reliable answer here."
     completion = ask(
@@ -187,9 +195,20 @@ def test_truncate_path(torch_server: Server) -> None:
         ({"enabled": True, "on_failure": "shrug"}, None, "guard.on_failure"),
         ({"enabled": True, "no_such_knob": 1}, None, "guard.no_such_knob"),
         ({"enabled": True, "tau_low": 0.9, "tau_high": 0.6}, None, "guard"),
+        ({"enabled": "yes"}, None, "guard.enabled"),
+        ({"enabled": True, "chains": "2"}, None, "guard.chains"),
         (None, "maybe", "X-Guard"),
     ],
-    ids=["out_of_range", "too_few_candidates", "bad_literal", "unknown", "inverted", "header"],
+    ids=[
+        "out_of_range",
+        "too_few_candidates",
+        "bad_literal",
+        "unknown",
+        "inverted",
+        "enabled_as_string",
+        "chains_as_string",
+        "header",
+    ],
 )
 def test_invalid_guard_setting_is_rejected(
     torch_server: Server, guard: dict[str, Any] | None, header: str | None, param: str

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import openai
 import pytest
 from live_server import MAX_MODEL_LEN, MODEL, Server, user
 from transformers import PreTrainedTokenizerBase
@@ -10,6 +13,7 @@ pytestmark = pytest.mark.integration
 
 QUESTION = user("What is the capital of France? Answer in one sentence.")
 POEM = user("Write a short poem about the sea.")
+GUARDED = {"guard": {"enabled": True}}
 
 
 def test_chat_usage_matches_chat_template(
@@ -193,3 +197,110 @@ def test_models_lists_the_served_model(server: Server) -> None:
     assert [m.id for m in cards] == [MODEL]
     assert cards[0].object == "model"
     assert cards[0].model_extra["max_model_len"] == MAX_MODEL_LEN
+
+
+def test_logprobs_with_top_alternatives(server: Server) -> None:
+    client = server.openai()
+    asked = dict(model=MODEL, messages=QUESTION, max_tokens=6, temperature=0, logprobs=True)
+    whole = client.chat.completions.create(**asked, top_logprobs=3, extra_body={"ignore_eos": True})
+    entries = whole.choices[0].logprobs.content
+    assert len(entries) == whole.usage.completion_tokens == 6
+    for entry in entries:
+        assert entry.logprob <= 0
+        assert entry.bytes == list(entry.token.encode("utf-8"))
+        tops = [t.logprob for t in entry.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True)
+        # Greedy decoding picks the most likely token.
+        assert entry.top_logprobs[0].token == entry.token
+        assert abs(entry.top_logprobs[0].logprob - entry.logprob) < 1e-4
+    chunks = list(
+        client.chat.completions.create(**asked, stream=True, extra_body={"ignore_eos": True})
+    )
+    streamed = [
+        entry
+        for chunk in chunks
+        for choice in chunk.choices
+        if choice.logprobs is not None
+        for entry in choice.logprobs.content or []
+    ]
+    assert [e.token for e in streamed] == [e.token for e in entries]
+    assert all(abs(a.logprob - b.logprob) < 1e-3 for a, b in zip(streamed, entries, strict=True))
+    assert all(not e.top_logprobs for e in streamed)
+    plain = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4)
+    assert plain.choices[0].logprobs is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": True, **GUARDED}, "logprobs"),
+        ({"response_format": {"type": "json_object"}, **GUARDED}, "response_format"),
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
+    ],
+    ids=["tools", "tool_choice", "functions", "top_without_logprobs", "guard_logprobs",
+         "guard_response_format", "schema_missing"],
+)  # fmt: skip
+def test_unsupported_options_are_a_400_naming_them(server: Server, extra: dict, param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as error:
+        server.openai().chat.completions.create(
+            model=MODEL, messages=QUESTION, max_tokens=4, extra_body=extra
+        )
+    assert error.value.param == param
+
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.vllm
+def test_response_format_constrains_vllm_output(vllm_server: Server) -> None:
+    client = vllm_server.openai()
+    ask = dict(model=MODEL, max_tokens=96, temperature=0)
+    loose = client.chat.completions.create(
+        **ask,
+        messages=user('Answer in JSON like {"capital": "..."}: what is the capital of France?'),
+        response_format={"type": "json_object"},
+    )
+    assert loose.choices[0].finish_reason == "stop", loose.choices[0].message.content
+    assert isinstance(json.loads(loose.choices[0].message.content), dict)
+    strict = client.chat.completions.create(
+        **ask,
+        messages=user("Give a person's name and age as JSON."),
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "person", "schema": PERSON, "strict": True},
+        },
+    )
+    person = json.loads(strict.choices[0].message.content)
+    assert set(person) == {"name", "age"}
+    assert isinstance(person["name"], str) and isinstance(person["age"], int)
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(
+            **ask,
+            messages=QUESTION,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "broken", "schema": {"type": "nonsense"}},
+            },
+        )
+    assert "nonsense" in error.value.message
+
+
+def test_response_format_needs_vllm_on_the_torch_engine(torch_server: Server) -> None:
+    with pytest.raises(openai.BadRequestError) as error:
+        torch_server.openai().chat.completions.create(
+            model=MODEL, messages=QUESTION, max_tokens=4, response_format={"type": "json_object"}
+        )
+    assert error.value.param == "response_format"
+    text = torch_server.openai().chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=4, response_format={"type": "text"}
+    )
+    assert text.choices[0].message.content

@@ -22,7 +22,7 @@ from engine.model_store import DEFAULT_MODEL
 pytestmark = pytest.mark.integration
 
 TIGHT_FLAGS = [
-    "--plain-engine", "torch", "--max-num-seqs", "1", "--max-queue", "0",
+    "--plain-engine", "torch", "--max-num-seqs", "2", "--max-queue", "0",
     "--request-timeout", "8", "--max-body-bytes", "4096", "--max-model-len", "512",
 ]  # fmt: skip
 
@@ -48,7 +48,8 @@ def tight_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
 def test_full_queue_answers_429_with_retry_after(tight_server: RunningServer) -> None:
     url = f"{tight_server.url}/v1/chat/completions"
     with httpx.Client(timeout=30) as client:
-        with client.stream("POST", url, json=chat(400, stream=True)) as busy:
+        # Two choices fill both slots: admission counts sequences, not requests.
+        with client.stream("POST", url, json={**chat(400, stream=True), "n": 2}) as busy:
             lines = busy.iter_lines()
             next(lines)
             refused = client.post(url, json=chat(4))
@@ -58,6 +59,18 @@ def test_full_queue_answers_429_with_retry_after(tight_server: RunningServer) ->
         assert refused.json()["error"]["code"] == "queue_full"
         time.sleep(0.5)
         assert client.post(url, json=chat(4)).status_code == 200
+
+
+def test_more_sequences_than_slots_in_one_request_is_a_400(tight_server: RunningServer) -> None:
+    url = f"{tight_server.url}/v1/chat/completions"
+    too_many = httpx.post(url, json={**chat(4), "n": 3}, timeout=30)
+    assert too_many.status_code == 400
+    assert too_many.json()["error"]["param"] == "n"
+    guarded = {**chat(4), "n": 2, "guard": {"enabled": True, "chains": 2}}
+    too_many_chains = httpx.post(url, json=guarded, timeout=30)
+    assert too_many_chains.status_code == 400
+    assert too_many_chains.json()["error"]["param"] == "guard.chains"
+    assert "4 sequences" in too_many_chains.json()["error"]["message"]
 
 
 def test_request_past_its_timeout_gets_504(tight_server: RunningServer) -> None:
@@ -82,6 +95,20 @@ def test_oversized_body_gets_413(tight_server: RunningServer) -> None:
     response = httpx.post(f"{tight_server.url}/v1/chat/completions", json=body, timeout=30)
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
+
+
+def test_oversized_chunked_body_gets_413(tight_server: RunningServer) -> None:
+    raw = json.dumps(chat(4, content="x" * 10_000)).encode()
+    pieces = (raw[i : i + 1024] for i in range(0, len(raw), 1024))  # no Content-Length: chunked
+    url = f"{tight_server.url}/v1/chat/completions"
+    json_type = {"content-type": "application/json"}
+    response = httpx.post(url, content=pieces, headers=json_type, timeout=30)
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+    small = json.dumps(chat(2)).encode()
+    ok = httpx.post(url, content=iter([small[:10], small[10:]]), headers=json_type, timeout=60)
+    assert ok.status_code == 200, ok.text
 
 
 def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(tmp_path: Path) -> None:

@@ -101,3 +101,20 @@ def test_merged_rejects_unknown_keys_and_revalidates() -> None:
         GuardConfig.merged(base, {"tau_low": 0.9})
     with pytest.raises(ValidationError, match="num_candidates"):
         GuardConfig.merged(base, {"num_candidates": 99})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("enabled", "yes"),
+        ("enabled", 1),
+        ("include_claims", "true"),
+        ("chains", "2"),
+        ("num_candidates", 4.0),
+        ("lam", "0.5"),
+        ("use_evidence", 0),
+    ],
+)
+def test_values_are_not_coerced(field: str, value: object) -> None:
+    with pytest.raises(ValidationError, match=field):
+        GuardConfig.merged(GuardConfig(), {field: value})

@@ -15,7 +15,7 @@ from engine.outputs import SequenceOutput
 from engine.sampling import SamplingParams
 from engine.sequence import Sequence
 from guard.config import EvidenceCheck, GuardConfig, SegmentEvidence
-from guard.guarded_sequence import GuardedSequence, RiskScorer
+from guard.guarded_sequence import GuardedSequence, RiskScorer, marker_joint
 
 PROMPT = [5, 9, 14, 3, 22, 40]
 EOS = frozenset({0})
@@ -237,7 +237,8 @@ def test_stop_string_ends_guarded_decoding(
     seq.params = replace(seq.params, stop=(stop,))
     seq.detokenizer = IncrementalDetokenizer(tiny_tokenizer, (stop,))
     text = text_of(run(engine, [seq])["stop"])
-    assert text.removesuffix(" Unsure from here") == full[: full.index(stop)]
+    kept = full[: full.index(stop)]
+    assert text == kept + marker_joint(kept) + "Unsure from here"
     assert seq.decoded_tokens < free.decoded_tokens
 
 
@@ -323,3 +324,27 @@ def test_tau_token_prunes_weak_tokens_from_accepted_segments(
     report = outputs[-1].report
     assert report is not None and report.outcome == "refused"
     assert report.segments[0].status == "discarded" and report.segments[0].refinements == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "joint"),
+    [("", ""), ("Jane", "... "), ("It is Jane.", " "), ("Why?", " "), ("Jane ", ""), ("a\n", "")],
+)
+def test_truncation_marker_reads_as_its_own_sentence(text: str, joint: str) -> None:
+    assert marker_joint(text) == joint
+
+
+def test_truncated_answer_ends_its_sentence_before_the_marker(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    loose = dict(tau_low=0.0, tau_high=0.0, m_max=0)
+    engine = make_engine(tiny_llama)
+    seq = guarded(engine, tiny_tokenizer, "t", tau_global=1.0, on_failure="truncate", **loose)
+    outputs = run(engine, [seq])["t"]
+    report = outputs[-1].report
+    assert report is not None and report.outcome == "truncated"
+    text = text_of(outputs)
+    before, marker = text[: -len("Unsure from here")], text[-len("Unsure from here") :]
+    assert marker == "Unsure from here"
+    assert before.rstrip().endswith((".", "!", "?")), text
+    assert before.endswith((" ", "\n")), text
