@@ -7,8 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import torch
+
 from engine.model_runner import ModelRunner
 from engine.outputs import SequenceOutput
+from engine.sampling import sample_batch
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
 
@@ -55,6 +58,7 @@ class LLMEngine:
         admitted = self.scheduler.admit()
         if admitted:
             self._prefill(admitted, failed)
+        self._draw(self.scheduler.running, failed)
         batch: list[Sequence] = []
         candidates: list[list[int]] = []
         for seq in list(self.scheduler.running):
@@ -74,6 +78,25 @@ class LLMEngine:
             if seq.finished:
                 self._release(seq)
         return StepResult(outputs, failed, len(batch))
+
+    def _draw(self, running: list[Sequence], failed: dict[str, str]) -> None:
+        """Sample the next token of every plain sequence in one batched call."""
+        seqs = [s for s in running if s.draws_in_batch and s.request_id not in failed]
+        if not seqs:
+            return
+        try:
+            tokens = sample_batch(
+                torch.stack([s.next_logits for s in seqs]),
+                [s.params for s in seqs],
+                [s.generator for s in seqs],
+            )
+        except Exception as exc:
+            logger.exception("sampling failed")
+            for seq in seqs:
+                self._fail(seq, failed, exc)
+            return
+        for seq, token in zip(seqs, tokens, strict=True):
+            seq.take_draw(token)
 
     def _prefill(self, seqs: list[Sequence], failed: dict[str, str]) -> None:
         try:
