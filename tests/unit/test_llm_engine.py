@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 import engine.llm_engine as llm_engine
@@ -73,3 +74,48 @@ def test_one_sampling_call_per_step_for_all_plain_rows(
     params = SamplingParams(max_tokens=4, temperature=0.5, seed=3, ignore_eos=True)
     run(tiny_llama, tiny_tokenizer, [([5, 6], params), ([7], params), ([8, 9, 10], params)])
     assert calls == [3, 3, 3, 3]
+
+
+def test_a_long_prompt_enters_in_chunks_while_others_keep_decoding(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    runner = ModelRunner(tiny_llama, num_slots=2, max_model_len=128, max_candidates=4, native=True)
+    engine = LLMEngine(runner, max_prefill_tokens=16)
+    greedy = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    short = Sequence("short", [5, 6, 7], greedy, tiny_tokenizer, frozenset({0}), 128)
+    long_prompt = [3 + (i * 7) % 90 for i in range(60)]
+    long = Sequence("long", long_prompt, greedy, tiny_tokenizer, frozenset({0}), 128)
+    engine.add(short)
+    engine.step()
+    engine.add(long)
+    lengths: list[tuple[int, int]] = []
+    while engine.has_work():
+        assert not engine.step().failed
+        lengths.append((len(short.output_ids), runner.length(1)))
+    # the long prompt took 4 chunks of at most 16 tokens, one per step, and the short
+    # sequence gained a token in each of those steps
+    assert [n for n, _ in lengths[:4]] == [2, 3, 4, 5]
+    assert [cached for _, cached in lengths[:3]] == [16, 32, 48]
+    assert long.output_ids == greedy_reference(tiny_llama, long_prompt, 12)
+    assert short.output_ids == greedy_reference(tiny_llama, [5, 6, 7], 12)
+
+
+def test_chunked_prompt_state_is_the_mean_over_the_whole_prompt(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    states: dict[str, torch.Tensor] = {}
+
+    class Recording(Sequence):
+        def on_prefill(self, logits: torch.Tensor, prompt_state: torch.Tensor) -> None:
+            states[self.request_id] = prompt_state
+            super().on_prefill(logits, prompt_state)
+
+    prompt = [3 + (i * 5) % 90 for i in range(40)]
+    for budget in (7, 4096):
+        runner = ModelRunner(tiny_llama, num_slots=1, max_model_len=64, max_candidates=1)
+        engine = LLMEngine(runner, max_prefill_tokens=budget)
+        params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+        engine.add(Recording(f"b{budget}", prompt, params, tiny_tokenizer, frozenset({0}), 64))
+        while engine.has_work():
+            engine.step()
+    torch.testing.assert_close(states["b7"], states["b4096"], atol=1e-5, rtol=1e-5)
