@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--eager-hf", action="store_true", help="Use the transformers forward.")
+    parser.add_argument("--dtype", default="auto", help="Model dtype (auto: float32 on CPU).")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default).")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
@@ -66,6 +67,7 @@ def main() -> None:
         max_model_len=512,
         max_candidates=16,
         device="cpu",
+        dtype=args.dtype,
         native=False if args.eager_hf else None,
     )
     print(f"load (and warm-up): {time.perf_counter() - started:.1f}s, forward: {runner.backend}")
