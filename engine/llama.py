@@ -55,6 +55,8 @@ def unsupported_reason(model: PreTrainedModel) -> str | None:
     projections = (block.self_attn.q_proj, block.self_attn.o_proj, block.mlp.gate_proj)
     if any(type(p) is not torch.nn.Linear for p in projections):
         return "wrapped projections (adapters)"
+    if block.self_attn.o_proj.bias is not None:
+        return "output projection bias"
     return None
 
 

@@ -214,6 +214,26 @@ def test_compact_forward_matches_other_llama_family_configs(kind: str) -> None:
         torch.testing.assert_close(step.hidden[0, index], hidden, atol=1e-4, rtol=1e-4)
 
 
+def test_unsupported_configs_fall_back_to_transformers() -> None:
+    torch.manual_seed(2)
+    config = LlamaConfig(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attention_bias=True,
+    )
+    model = LlamaForCausalLM(config).eval().requires_grad_(False)
+    runner = ModelRunner(model, num_slots=1, max_model_len=16, max_candidates=1)
+    assert runner.backend == "transformers"
+    runner.extend([0], [PROMPTS[0]])
+    step = runner.tree_step([0], [[11]])
+    logits, _ = full_forward(model, [*PROMPTS[0], 11])
+    torch.testing.assert_close(runner.logits(step.final[0, 0]), logits, atol=1e-4, rtol=1e-4)
+
+
 def test_trainable_models_keep_the_transformers_forward(tiny_llama: LlamaForCausalLM) -> None:
     runner = ModelRunner(tiny_llama, num_slots=1, max_model_len=16, max_candidates=1)
     assert runner.backend == "transformers"
