@@ -1,9 +1,10 @@
 """Serving benchmark: concurrent streaming requests per engine and mode; tokens/s and latency.
 
-Starts each server itself on 127.0.0.1 (or measures --base-url) and prints one table with
-plain and guarded rows side by side. Not a test: run it by hand and read the figures.
+Starts each server itself on 127.0.0.1 and prints one table: vLLM plain, torch plain and torch
+guarded per concurrency, then the ratios torch plain / vLLM plain and guarded / vLLM plain
+(tokens/s and TTFT p50). Not a test: run it by hand on an idle machine and read the figures.
 
-    python -m benchmarks.serving --engines torch vllm --concurrency 1 8 32 --modes plain guard
+    python -m benchmarks.serving --engines vllm torch --concurrency 1 8 32 --modes plain guard
 """
 
 from __future__ import annotations
@@ -123,8 +124,30 @@ def run_engine(args: argparse.Namespace, engine: str) -> list[Row]:
     return rows
 
 
+def ratios(rows: list[Row]) -> list[str]:
+    """Per concurrency: torch plain / vLLM plain, torch guarded / vLLM plain and guarded / plain
+    on torch, in tokens/s and TTFT p50 (a ratio is left out when a side is missing)."""
+    cells = {(r.engine, r.mode, r.concurrency): r for r in rows}
+    pairs = [
+        ("torch plain / vllm plain", ("torch", "plain"), ("vllm", "plain")),
+        ("torch guard / vllm plain", ("torch", "guard"), ("vllm", "plain")),
+        ("torch guard / torch plain", ("torch", "guard"), ("torch", "plain")),
+    ]
+    lines = []
+    for concurrency in sorted({r.concurrency for r in rows}):
+        for label, top, bottom in pairs:
+            a, b = cells.get((*top, concurrency)), cells.get((*bottom, concurrency))
+            if a is None or b is None or not b.tokens_per_s or not b.ttft_p50_s:
+                continue
+            lines.append(
+                f"conc {concurrency:>3}  {label:26} tokens/s {a.tokens_per_s / b.tokens_per_s:5.2f}"
+                f"  ttft50 {a.ttft_p50_s / b.ttft_p50_s:5.2f}"
+            )
+    return lines
+
+
 def print_table(rows: list[Row]) -> None:
-    """Side-by-side table, with guarded/plain throughput ratios on the torch engine."""
+    """Side-by-side table of every cell, then the throughput and TTFT ratios."""
     header = f"{'engine':6} {'mode':5} {'conc':>4} {'req':>4} {'tok/s':>7} {'ttft50':>7}"
     print(f"\n{header} {'lat50':>7} {'lat95':>7}")
     for r in rows:
@@ -132,17 +155,15 @@ def print_table(rows: list[Row]) -> None:
             f"{r.engine:6} {r.mode:5} {r.concurrency:>4} {r.requests:>4} {r.tokens_per_s:>7}"
             f" {r.ttft_p50_s:>7} {r.latency_p50_s:>7} {r.latency_p95_s:>7}"
         )
-    plain = {r.concurrency: r for r in rows if r.engine == "torch" and r.mode == "plain"}
-    for r in rows:
-        if r.mode == "guard" and r.concurrency in plain:
-            ratio = r.tokens_per_s / plain[r.concurrency].tokens_per_s
-            print(f"guarded/plain tokens/s on torch at concurrency {r.concurrency}: {ratio:.2f}")
+    print()
+    for line in ratios(rows):
+        print(line)
 
 
 def main() -> None:
     """Parse flags, run the engines, write JSON and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--engines", nargs="+", default=["torch", "vllm"])
+    parser.add_argument("--engines", nargs="+", default=["vllm", "torch"])
     parser.add_argument("--modes", nargs="+", default=["plain", "guard"])
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=32, help="Requests per cell (at least).")

@@ -1,4 +1,4 @@
-"""The torch engine's step loop: admit and prefill, then one batched tree step for all running."""
+"""The torch engine's step loop: prompt chunks into the cache, then one batched tree step."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import torch
+
 from engine.model_runner import ModelRunner
 from engine.outputs import SequenceOutput
-from engine.scheduler import Scheduler
+from engine.sampling import sample_batch
+from engine.scheduler import PrefillChunk, Scheduler
 from engine.sequence import Sequence
 
 logger = logging.getLogger(__name__)
@@ -29,10 +32,12 @@ class StepResult:
 class LLMEngine:
     """Ties scheduler and runner together; a sequence decides its own tokens."""
 
-    def __init__(self, runner: ModelRunner, max_prefill_tokens: int = 4096) -> None:
+    def __init__(self, runner: ModelRunner, max_prefill_tokens: int = 512) -> None:
+        """`max_prefill_tokens`: prompt tokens put into the cache per step (chunked prefill)."""
         self.runner = runner
         self.scheduler = Scheduler(runner.num_slots, max_prefill_tokens)
         self._by_id: dict[str, Sequence] = {}
+        self._prompt_sums: dict[str, torch.Tensor] = {}
 
     def add(self, seq: Sequence) -> None:
         """Queue a sequence; it joins the running batch at the next step with a free slot."""
@@ -50,14 +55,17 @@ class LLMEngine:
         return self.scheduler.has_work()
 
     def step(self) -> StepResult:
-        """Prefill newly admitted sequences, then advance every running sequence by one step."""
+        """Put this step's prompt chunks in the cache, then advance every decoding sequence."""
         failed: dict[str, str] = {}
-        admitted = self.scheduler.admit()
-        if admitted:
-            self._prefill(admitted, failed)
+        self.scheduler.admit()
+        self._prefill(self.scheduler.prefill_chunks(), failed)
+        decoding = self.scheduler.decoding()
+        self._draw(decoding, failed)
         batch: list[Sequence] = []
         candidates: list[list[int]] = []
-        for seq in list(self.scheduler.running):
+        for seq in decoding:
+            if seq.request_id in failed:
+                continue
             proposal = self._guarded(seq, failed, seq.propose)
             if proposal is not None:
                 batch.append(seq)
@@ -65,8 +73,8 @@ class LLMEngine:
         if batch:
             self._tree_step(batch, candidates, failed)
         outputs: dict[str, SequenceOutput[Any]] = {}
-        for seq in [*admitted, *self.scheduler.running]:
-            if seq.request_id in failed or seq.request_id in outputs:
+        for seq in decoding:
+            if seq.request_id in failed:
                 continue
             output = seq.take_output()
             if output is not None:
@@ -75,16 +83,52 @@ class LLMEngine:
                 self._release(seq)
         return StepResult(outputs, failed, len(batch))
 
-    def _prefill(self, seqs: list[Sequence], failed: dict[str, str]) -> None:
+    def _draw(self, running: list[Sequence], failed: dict[str, str]) -> None:
+        """Sample the next token of every plain sequence in one batched call."""
+        seqs = [s for s in running if s.draws_in_batch and s.request_id not in failed]
+        if not seqs:
+            return
         try:
-            out = self.runner.extend([s.slot for s in seqs], [s.prompt_ids for s in seqs])
-        except Exception as exc:  # one bad batch fails its own requests only
-            logger.exception("prefill failed")
+            tokens = sample_batch(
+                torch.stack([s.next_logits for s in seqs]),
+                [s.params for s in seqs],
+                [s.generator for s in seqs],
+            )
+        except Exception as exc:
+            logger.exception("sampling failed")
             for seq in seqs:
                 self._fail(seq, failed, exc)
             return
-        for row, seq in enumerate(seqs):
-            self._guarded(seq, failed, seq.on_prefill, out.logits[row], out.hidden[row])
+        for seq, token in zip(seqs, tokens, strict=True):
+            seq.take_draw(token)
+
+    def _prefill(self, chunks: list[PrefillChunk], failed: dict[str, str]) -> None:
+        """Extend each chunk's slot; sequences whose prompt is complete get `on_prefill`.
+
+        The prompt state handed over is the mean penultimate state over all prompt chunks.
+        """
+        if not chunks:
+            return
+        try:
+            out = self.runner.extend(
+                [c.seq.slot for c in chunks], [c.seq.prompt_ids[c.start : c.end] for c in chunks]
+            )
+        except Exception as exc:  # one bad batch fails its own requests only
+            logger.exception("prefill failed")
+            for chunk in chunks:
+                self._fail(chunk.seq, failed, exc)
+            return
+        for row, chunk in enumerate(chunks):
+            seq = chunk.seq
+            self.scheduler.advance_prefill(chunk)
+            total = out.hidden[row] * (chunk.end - chunk.start)
+            if chunk.start > 0:
+                total = total + self._prompt_sums.pop(seq.request_id)
+            if not chunk.last:
+                self._prompt_sums[seq.request_id] = total
+                continue
+            mean = total / len(seq.prompt_ids)
+            self._guarded(seq, failed, seq.on_prefill, out.logits[row], mean)
 
     def _tree_step(
         self, batch: list[Sequence], candidates: list[list[int]], failed: dict[str, str]
@@ -133,6 +177,7 @@ class LLMEngine:
         self._release(seq)
 
     def _release(self, seq: Sequence) -> None:
+        self._prompt_sums.pop(seq.request_id, None)
         if seq.slot >= 0:
             self.runner.truncate(seq.slot, 0)
         self.scheduler.release(seq)

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from engine.kv_cache import INITIAL_CACHE_LEN, SlotKVCache
+from engine.llama import LlamaForward, unsupported_reason
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,12 @@ class ModelRunner:
         max_candidates: int,
         probe_layer: int | None = None,
         initial_cache_len: int = INITIAL_CACHE_LEN,
+        native: bool | None = None,
     ) -> None:
+        """`native`: run the compact Llama-family forward (True; an error if unsupported), the
+        transformers model (False), or None: the compact one when the model supports it and is
+        frozen (a model being trained keeps the transformers forward, which sees its updates).
+        """
         self.model = model.eval()
         config = model.config
         self.device = next(model.parameters()).device
@@ -81,6 +87,15 @@ class ModelRunner:
             device=self.device,
             initial_len=initial_cache_len,
         )
+        reason = unsupported_reason(model)
+        if native is None:
+            native = reason is None and not any(p.requires_grad for p in model.parameters())
+        self.native = LlamaForward(model, max_model_len + max_candidates + 1) if native else None
+
+    @property
+    def backend(self) -> str:
+        """Which forward runs: 'compact' (engine.llama) or 'transformers'."""
+        return "compact" if self.native is not None else "transformers"
 
     @classmethod
     def load(
@@ -93,18 +108,24 @@ class ModelRunner:
         device: str = "auto",
         dtype: str = "auto",
         probe_layer: int | None = None,
+        native: bool | None = None,
     ) -> ModelRunner:
-        """Load an HF model folder with sdpa attention onto the chosen device."""
+        """Load an HF model folder (frozen, sdpa attention) onto the chosen device.
+
+        `native=False` forces the transformers forward even where the compact one applies.
+        """
         target = pick_device(device)
         model = AutoModelForCausalLM.from_pretrained(
             str(model_path), dtype=pick_dtype(dtype, target), attn_implementation="sdpa"
         ).to(target)
+        model.requires_grad_(False)
         return cls(
             model,
             num_slots=num_slots,
             max_model_len=max_model_len,
             max_candidates=max_candidates,
             probe_layer=probe_layer,
+            native=native,
         )
 
     def eos_token_ids(self, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
@@ -200,9 +221,8 @@ class ModelRunner:
         batch, width = relation.shape[0], relation.shape[1]
         counts = torch.tensor([len(t) for t in tokens], device=self.device)
         start = torch.tensor(starts, device=self.device)
-        ids = torch.zeros(batch, width, dtype=torch.long, device=self.device)
-        for row, row_tokens in enumerate(tokens):
-            ids[row, : len(row_tokens)] = torch.tensor(row_tokens, device=self.device)
+        padded = [row + [0] * (width - len(row)) for row in tokens]
+        ids = torch.tensor(padded, dtype=torch.long, device=self.device)
         offsets = torch.arange(width, device=self.device)
         is_real = offsets[None, :] < counts[:, None]
         kv_len = max(s + len(t) for s, t in zip(starts, tokens, strict=True))
@@ -216,10 +236,15 @@ class ModelRunner:
         mask |= torch.arange(kv_len, device=self.device)[None, None, :] < start[:, None, None]
         mask[:, :, 0] |= ~is_real
         self.cache.plan(torch.tensor(slots, device=self.device), write, kv_len)
+        positions = start[:, None] + relative_positions
+        if self.native is not None:
+            states = self.native.forward(ids, positions, mask, self.cache, self.probe_layer)
+            probe = None if states.probe is None else states.probe.float()
+            return TreeOutput(states.final, states.penultimate.float(), probe)
         base = self.model.model(
             input_ids=ids,
             attention_mask=mask[:, None],
-            position_ids=start[:, None] + relative_positions,
+            position_ids=positions,
             past_key_values=self.cache,
             use_cache=True,
             output_hidden_states=True,

@@ -1,7 +1,8 @@
-"""Sampling parameters and the pure tensor math that turns next-token logits into tokens."""
+"""Sampling parameters and the batched tensor math that turns next-token logits into tokens."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -22,21 +23,25 @@ class SamplingParams:
     json_schema: str | None = None  # JSON Schema the output must match (vLLM only)
 
 
-def filtered_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Temperature-scaled logits with top-k and top-p (nucleus) filtering applied."""
-    scaled = logits.float() / max(params.temperature, 1e-5)
-    if 0 < params.top_k < scaled.shape[-1]:
-        kth = torch.topk(scaled, params.top_k, dim=-1).values[..., -1:]
-        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_logits, order = torch.sort(scaled, descending=True, dim=-1)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        drop_sorted = cumulative - torch.softmax(sorted_logits, dim=-1) >= params.top_p
-        # The most likely token always stays, however small top_p (5e-324 is 0 in float32).
-        drop_sorted[..., 0] = False
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        scaled = scaled.masked_fill(drop, float("-inf"))
-    return scaled
+def filtered_logits(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+    """Per row [B, V]: temperature-scaled logits with top-k and top-p (nucleus) filtering."""
+    device = logits.device
+    temperature = torch.tensor([max(p.temperature, 1e-5) for p in params], device=device)
+    scaled = logits.float() / temperature[:, None]
+    vocab = scaled.shape[-1]
+    top_k = torch.tensor([p.top_k if 0 < p.top_k < vocab else vocab for p in params], device=device)
+    top_p = torch.tensor([p.top_p for p in params], device=device)
+    if bool((top_k == vocab).all()) and bool((top_p >= 1.0).all()):
+        return scaled
+    sorted_logits, order = torch.sort(scaled, descending=True, dim=-1)
+    rank = torch.arange(vocab, device=device)[None, :]
+    probs = torch.softmax(sorted_logits, dim=-1)
+    before = probs.cumsum(dim=-1) - probs
+    drop_sorted = (rank >= top_k[:, None]) | ((before >= top_p[:, None]) & (top_p[:, None] < 1.0))
+    # The most likely token always stays, however small top_p (5e-324 is 0 in float32).
+    drop_sorted[..., 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return scaled.masked_fill(drop, float("-inf"))
 
 
 def token_logprobs(
@@ -54,11 +59,24 @@ def token_logprobs(
     return float(logprobs[token]), alternatives
 
 
-def sample_token(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
-) -> int:
-    """Draw one token id from a [vocab] logits row."""
-    if params.temperature == 0.0:
-        return int(torch.argmax(logits).item())
-    probs = torch.softmax(filtered_logits(logits, params), dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator).item())
+def sample_batch(
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator | None],
+) -> list[int]:
+    """One token id per row of `logits` [B, V], all rows in one batched pass.
+
+    Greedy rows (temperature 0) take the argmax. The others draw by the exponential race
+    (argmax of p / E with E ~ Exp(1)), each row's noise from its own CPU generator, so a seeded
+    request draws the same tokens whatever else shares its batch.
+    """
+    tokens = torch.argmax(logits, dim=-1)
+    rows = [i for i, p in enumerate(params) if p.temperature > 0.0]
+    if rows:
+        index = torch.tensor(rows, device=logits.device)
+        probs = torch.softmax(filtered_logits(logits[index], [params[i] for i in rows]), dim=-1)
+        noise = torch.empty(probs.shape)  # on the CPU, where the sequences' generators live
+        for row, i in enumerate(rows):
+            noise[row].exponential_(generator=generators[i])
+        tokens[index] = torch.argmax(probs / noise.to(probs.device), dim=-1)
+    return tokens.tolist()

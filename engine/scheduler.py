@@ -1,42 +1,86 @@
-"""Decides which sequences run: a waiting queue, the running set and the slot allocator."""
+"""Decides which sequences run: a waiting queue, the running set, slots and prefill chunks."""
 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
 from engine.sequence import Sequence
 
 
+@dataclass(frozen=True)
+class PrefillChunk:
+    """Prompt tokens [start, end) of one sequence to put into its slot this step."""
+
+    seq: Sequence
+    start: int
+    end: int
+
+    @property
+    def last(self) -> bool:
+        """Whether this chunk completes the prompt."""
+        return self.end == len(self.seq.prompt_ids)
+
+
 class Scheduler:
-    """FIFO admission into a fixed number of KV-cache slots, bounded by a prefill token budget."""
+    """FIFO admission into a fixed number of KV-cache slots; prompts enter in chunks.
+
+    A running sequence whose prompt is not all in its slot yet is prefilling; each step
+    gives prefilling sequences (oldest first) prompt chunks within a token budget, so a long
+    prompt is spread over several steps and the decoding sequences keep moving meanwhile.
+    """
 
     def __init__(self, num_slots: int, max_prefill_tokens: int) -> None:
+        if max_prefill_tokens < 1:
+            raise ValueError("max_prefill_tokens must be positive")
         self.free_slots = list(range(num_slots - 1, -1, -1))
         self.max_prefill_tokens = max_prefill_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.prefilled: dict[str, int] = {}
 
     def add(self, seq: Sequence) -> None:
         """Queue a new sequence."""
         self.waiting.append(seq)
 
     def admit(self) -> list[Sequence]:
-        """Give slots to waiting sequences (oldest first) within the prefill budget."""
+        """Give free slots to waiting sequences, oldest first; they start prefilling."""
         admitted: list[Sequence] = []
-        budget = self.max_prefill_tokens
         while self.waiting and self.free_slots:
-            seq = self.waiting[0]
-            if admitted and len(seq.prompt_ids) > budget:
-                break
-            self.waiting.popleft()
+            seq = self.waiting.popleft()
             seq.slot = self.free_slots.pop()
-            budget -= len(seq.prompt_ids)
+            self.prefilled[seq.request_id] = 0
             admitted.append(seq)
             self.running.append(seq)
         return admitted
 
+    def prefill_chunks(self) -> list[PrefillChunk]:
+        """This step's prompt chunks, oldest sequence first, within the token budget."""
+        chunks: list[PrefillChunk] = []
+        budget = self.max_prefill_tokens
+        for seq in self.running:
+            done = self.prefilled.get(seq.request_id)
+            if done is None or budget == 0:
+                continue
+            end = min(len(seq.prompt_ids), done + budget)
+            chunks.append(PrefillChunk(seq, done, end))
+            budget -= end - done
+        return chunks
+
+    def advance_prefill(self, chunk: PrefillChunk) -> None:
+        """Record a chunk as in the slot; a completed prompt makes its sequence decode."""
+        if chunk.last:
+            self.prefilled.pop(chunk.seq.request_id, None)
+        else:
+            self.prefilled[chunk.seq.request_id] = chunk.end
+
+    def decoding(self) -> list[Sequence]:
+        """Running sequences whose prompts are all in their slots."""
+        return [s for s in self.running if s.request_id not in self.prefilled]
+
     def release(self, seq: Sequence) -> None:
         """Take a sequence out of the queues and free its slot."""
+        self.prefilled.pop(seq.request_id, None)
         if seq in self.running:
             self.running.remove(seq)
             self.free_slots.append(seq.slot)

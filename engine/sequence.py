@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from engine.detokenizer import IncrementalDetokenizer
 from engine.outputs import FinishReason, SequenceOutput, TokenLogprob
-from engine.sampling import SamplingParams, sample_token, token_logprobs
+from engine.sampling import SamplingParams, sample_batch, token_logprobs
 
 
 class Status(enum.Enum):
@@ -28,6 +28,8 @@ class Sequence:
     the same hooks, and a richer sequence type (the guard's) overrides them:
 
     - `on_prefill(logits, prompt_state)`: once, after the prompt is in the cache.
+    - `draws_in_batch`: whether the engine's batched sampler draws this sequence's next token
+      (true for sequences that keep the plain `propose`); it then calls `take_draw(token)`.
     - `propose() -> list[int] | None`: the candidate tokens (at most the runner's
       `max_candidates`) to evaluate side by side at the next position; None once finished.
     - `choose(hidden, probe) -> int`: which candidate to keep, given their penultimate-layer
@@ -65,6 +67,7 @@ class Sequence:
         else:
             self.generator.seed()
         self._next_logits = torch.empty(0)
+        self._drawn: int | None = None
         self._unsent = ""
         self._unsent_logprobs: list[TokenLogprob] = []
 
@@ -78,9 +81,29 @@ class Sequence:
         self._next_logits = logits
         self.status = Status.RUNNING
 
+    @property
+    def draws_in_batch(self) -> bool:
+        """Whether the engine samples this sequence's next token in its batched draw."""
+        return type(self).propose is Sequence.propose and not self.finished
+
+    @property
+    def next_logits(self) -> torch.Tensor:
+        """Next-token logits [V] the next draw is taken from."""
+        return self._next_logits
+
+    def take_draw(self, token: int) -> None:
+        """Receive the next token, drawn by the engine from `next_logits` with this sequence's
+        params and generator."""
+        self._drawn = token
+
     def propose(self) -> list[int] | None:
-        """Candidates for the next forward, or None once the sequence has finished."""
-        token = sample_token(self._next_logits, self.params, self.generator)
+        """Candidates for the next forward (the drawn token), or None once finished."""
+        if self.finished:
+            return None
+        token = self._drawn
+        if token is None:
+            token = sample_batch(self._next_logits[None], [self.params], [self.generator])[0]
+        self._drawn = None
         if self.params.logprobs is not None and token not in self.eos_token_ids:
             self._record_logprob(token)
         self._accept(token)

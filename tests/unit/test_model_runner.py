@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from engine.model_runner import ModelRunner
+from engine.model_store import resolve_model
+from tests.unit.conftest import build_tiny_llama
 
 
 def full_forward(model: LlamaForCausalLM, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,15 +33,27 @@ def greedy_reference(model: LlamaForCausalLM, prompt: list[int], steps: int) -> 
     return ids[len(prompt) :]
 
 
-def make_runner(model: LlamaForCausalLM, slots: int = 4, candidates: int = 4) -> ModelRunner:
-    return ModelRunner(model, num_slots=slots, max_model_len=64, max_candidates=candidates)
+@pytest.fixture(params=[True, False], ids=["compact", "transformers"])
+def native(request: pytest.FixtureRequest) -> bool:
+    """Every runner test runs on the compact forward and on the transformers one."""
+    return request.param
+
+
+def make_runner(
+    model: LlamaForCausalLM, native: bool, slots: int = 4, candidates: int = 4
+) -> ModelRunner:
+    return ModelRunner(
+        model, num_slots=slots, max_model_len=64, max_candidates=candidates, native=native
+    )
 
 
 PROMPTS = [[5, 17, 33, 2, 9], [40, 41], [7, 7, 7, 8, 60, 61, 62], [90]]
 
 
-def test_batched_slot_decoding_equals_single_sequence_greedy(tiny_llama: LlamaForCausalLM) -> None:
-    runner = make_runner(tiny_llama)
+def test_batched_slot_decoding_equals_single_sequence_greedy(
+    tiny_llama: LlamaForCausalLM, native: bool
+) -> None:
+    runner = make_runner(tiny_llama, native)
     slots = [2, 0, 3, 1]
     out = runner.extend(slots, PROMPTS)
     generated: list[list[int]] = [[] for _ in PROMPTS]
@@ -48,8 +68,8 @@ def test_batched_slot_decoding_equals_single_sequence_greedy(tiny_llama: LlamaFo
         assert tokens == greedy_reference(tiny_llama, prompt, 8)
 
 
-def test_requests_join_and_leave_between_steps(tiny_llama: LlamaForCausalLM) -> None:
-    runner = make_runner(tiny_llama)
+def test_requests_join_and_leave_between_steps(tiny_llama: LlamaForCausalLM, native: bool) -> None:
+    runner = make_runner(tiny_llama, native)
     first = runner.extend([0], [PROMPTS[0]])
     token_a = int(first.logits[0].argmax())
     runner.tree_step([0], [[token_a]])
@@ -64,8 +84,10 @@ def test_requests_join_and_leave_between_steps(tiny_llama: LlamaForCausalLM) -> 
     torch.testing.assert_close(runner.logits(step.final[0, 0]), expected_a, atol=1e-4, rtol=1e-4)
 
 
-def test_tree_step_candidates_match_separate_full_forwards(tiny_llama: LlamaForCausalLM) -> None:
-    runner = make_runner(tiny_llama)
+def test_tree_step_candidates_match_separate_full_forwards(
+    tiny_llama: LlamaForCausalLM, native: bool
+) -> None:
+    runner = make_runner(tiny_llama, native)
     slots = [1, 3]
     runner.extend(slots, [PROMPTS[0], PROMPTS[2]])
     candidates = [[11, 12, 13, 14], [50, 51]]
@@ -79,8 +101,8 @@ def test_tree_step_candidates_match_separate_full_forwards(tiny_llama: LlamaForC
             torch.testing.assert_close(step.hidden[row, i], hidden, atol=1e-4, rtol=1e-4)
 
 
-def test_commit_keeps_the_chosen_candidate(tiny_llama: LlamaForCausalLM) -> None:
-    runner = make_runner(tiny_llama)
+def test_commit_keeps_the_chosen_candidate(tiny_llama: LlamaForCausalLM, native: bool) -> None:
+    runner = make_runner(tiny_llama, native)
     runner.extend([0], [PROMPTS[0]])
     runner.tree_step([0], [[11, 12, 13]])
     runner.commit([0], [2])
@@ -89,8 +111,8 @@ def test_commit_keeps_the_chosen_candidate(tiny_llama: LlamaForCausalLM) -> None
     torch.testing.assert_close(runner.logits(step.final[0, 0]), expected, atol=1e-4, rtol=1e-4)
 
 
-def test_rollback_and_slot_reuse(tiny_llama: LlamaForCausalLM) -> None:
-    runner = make_runner(tiny_llama)
+def test_rollback_and_slot_reuse(tiny_llama: LlamaForCausalLM, native: bool) -> None:
+    runner = make_runner(tiny_llama, native)
     runner.extend([0], [PROMPTS[0]])
     for token in (30, 31, 32):
         runner.tree_step([0], [[token]])
@@ -105,18 +127,27 @@ def test_rollback_and_slot_reuse(tiny_llama: LlamaForCausalLM) -> None:
     torch.testing.assert_close(reused.logits[0], expected, atol=1e-4, rtol=1e-4)
 
 
-def test_prompt_anchor_is_mean_penultimate_state(tiny_llama: LlamaForCausalLM) -> None:
-    runner = make_runner(tiny_llama)
+def test_prompt_anchor_is_mean_penultimate_state(
+    tiny_llama: LlamaForCausalLM, native: bool
+) -> None:
+    runner = make_runner(tiny_llama, native)
     out = runner.extend([0, 1], [PROMPTS[0], PROMPTS[1]])
     with torch.inference_mode():
         states = tiny_llama(torch.tensor([PROMPTS[1]]), output_hidden_states=True).hidden_states
     torch.testing.assert_close(out.hidden[1], states[-2][0].mean(0), atol=1e-4, rtol=1e-4)
 
 
-def test_tree_step_probe_layer_states_equal_full_forward(tiny_llama: LlamaForCausalLM) -> None:
+def test_tree_step_probe_layer_states_equal_full_forward(
+    tiny_llama: LlamaForCausalLM, native: bool
+) -> None:
     layer = 1
     runner = ModelRunner(
-        tiny_llama, num_slots=2, max_model_len=64, max_candidates=4, probe_layer=layer
+        tiny_llama,
+        num_slots=2,
+        max_model_len=64,
+        max_candidates=4,
+        probe_layer=layer,
+        native=native,
     )
     prompt = PROMPTS[0]
     runner.extend([1], [prompt])
@@ -176,3 +207,102 @@ def test_cache_refuses_to_grow_past_its_cap(tiny_llama: LlamaForCausalLM) -> Non
     assert runner.cache.capacity == 16
     with pytest.raises(ValueError, match="max_model_len"):
         runner.extend([0], [[5]])
+
+
+def test_every_probe_layer_matches_transformers_hidden_states(tiny_llama: LlamaForCausalLM) -> None:
+    prompt = PROMPTS[2]
+    with torch.inference_mode():
+        out = tiny_llama(torch.tensor([[*prompt, 11]]), output_hidden_states=True)
+    for layer in range(len(out.hidden_states)):
+        runner = ModelRunner(
+            tiny_llama,
+            num_slots=1,
+            max_model_len=64,
+            max_candidates=2,
+            probe_layer=layer,
+            native=True,
+        )
+        runner.extend([0], [prompt])
+        step = runner.tree_step([0], [[11, 12]])
+        assert step.probe is not None
+        expected = out.hidden_states[layer][0, -1].float()
+        torch.testing.assert_close(step.probe[0, 0], expected, atol=1e-4, rtol=1e-4)
+
+
+def tiny_variant(kind: str) -> PreTrainedModel:
+    """Tiny random models the compact forward must also match: Qwen2 (QKV bias), scaled rope."""
+    torch.manual_seed(1)
+    shape = dict(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    if kind == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**shape, rope_theta=1e6)).eval()
+    rope = {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e4}
+    return LlamaForCausalLM(LlamaConfig(**shape, rope_parameters=rope)).eval()
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "llama-linear-rope"])
+def test_compact_forward_matches_other_llama_family_configs(kind: str) -> None:
+    model = tiny_variant(kind)
+    runner = ModelRunner(model, num_slots=2, max_model_len=64, max_candidates=4, native=True)
+    assert runner.backend == "compact"
+    runner.extend([1], [PROMPTS[2]])
+    step = runner.tree_step([1], [[11, 12]])
+    for index, token in enumerate([11, 12]):
+        logits, hidden = full_forward(model, [*PROMPTS[2], token])
+        torch.testing.assert_close(
+            runner.logits(step.final[0, index]), logits, atol=1e-4, rtol=1e-4
+        )
+        torch.testing.assert_close(step.hidden[0, index], hidden, atol=1e-4, rtol=1e-4)
+
+
+def test_unsupported_configs_fall_back_to_transformers() -> None:
+    torch.manual_seed(2)
+    config = LlamaConfig(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attention_bias=True,
+    )
+    model = LlamaForCausalLM(config).eval().requires_grad_(False)
+    runner = ModelRunner(model, num_slots=1, max_model_len=16, max_candidates=1)
+    assert runner.backend == "transformers"
+    runner.extend([0], [PROMPTS[0]])
+    step = runner.tree_step([0], [[11]])
+    logits, _ = full_forward(model, [*PROMPTS[0], 11])
+    torch.testing.assert_close(runner.logits(step.final[0, 0]), logits, atol=1e-4, rtol=1e-4)
+
+
+def test_trainable_models_keep_the_transformers_forward(tiny_llama: LlamaForCausalLM) -> None:
+    runner = ModelRunner(tiny_llama, num_slots=1, max_model_len=16, max_candidates=1)
+    assert runner.backend == "transformers"
+    frozen = build_tiny_llama().requires_grad_(False)
+    runner = ModelRunner(frozen, num_slots=1, max_model_len=16, max_candidates=1)
+    assert runner.backend == "compact"
+
+
+def test_embedded_model_compact_forward_matches_transformers() -> None:
+    runner = ModelRunner.load(
+        resolve_model(None), num_slots=2, max_model_len=64, max_candidates=2, device="cpu"
+    )
+    assert runner.backend == "compact"
+    prompt = [1, 504, 3458, 314, 4582, 28, 1069, 30]
+    expected = greedy_reference(runner.model, prompt, 4)
+    out = runner.extend([0], [prompt])
+    tokens = [int(out.logits[0].argmax())]
+    for _ in range(3):
+        step = runner.tree_step([0], [[tokens[-1]]])
+        runner.commit([0], [0])
+        tokens.append(int(runner.logits(step.final[0, 0]).argmax()))
+    assert tokens == expected
+    reference, _ = full_forward(runner.model, [*prompt, *tokens[:-1]])
+    torch.testing.assert_close(runner.logits(step.final[0, 0]), reference, atol=2e-3, rtol=2e-3)

@@ -6,42 +6,66 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from engine.detokenizer import IncrementalDetokenizer
-from engine.sampling import SamplingParams, filtered_logits, sample_token
+from engine.sampling import SamplingParams, filtered_logits, sample_batch
 
 
-def test_greedy_takes_the_argmax() -> None:
-    logits = torch.tensor([0.1, 2.0, 1.9])
-    assert sample_token(logits, SamplingParams(max_tokens=1, temperature=0.0), None) == 1
+def test_greedy_takes_the_argmax_of_every_row() -> None:
+    logits = torch.tensor([[0.1, 2.0, 1.9], [3.0, 0.0, 1.0]])
+    params = [SamplingParams(max_tokens=1, temperature=0.0)] * 2
+    assert sample_batch(logits, params, [None, None]) == [1, 0]
 
 
 def test_top_k_keeps_only_the_k_best() -> None:
-    logits = torch.tensor([3.0, 1.0, 2.0, 0.0])
-    kept = filtered_logits(logits, SamplingParams(max_tokens=1, top_k=2))
-    assert torch.isfinite(kept).tolist() == [True, False, True, False]
+    logits = torch.tensor([[3.0, 1.0, 2.0, 0.0]])
+    kept = filtered_logits(logits, [SamplingParams(max_tokens=1, top_k=2)])
+    assert torch.isfinite(kept[0]).tolist() == [True, False, True, False]
 
 
 def test_top_p_keeps_the_smallest_nucleus() -> None:
-    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
-    kept = filtered_logits(probs.log(), SamplingParams(max_tokens=1, top_p=0.8))
-    assert torch.isfinite(kept).tolist() == [True, True, False, False]
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    kept = filtered_logits(probs.log(), [SamplingParams(max_tokens=1, top_p=0.8)])
+    assert torch.isfinite(kept[0]).tolist() == [True, True, False, False]
 
 
 def test_a_vanishing_top_p_still_keeps_the_best_token() -> None:
-    logits = torch.tensor([0.5, 3.0, 1.0, -2.0])
-    params = SamplingParams(max_tokens=1, top_p=5e-324)  # rounds to 0 in float32
-    generator = torch.Generator().manual_seed(0)
-    assert [sample_token(logits, params, generator) for _ in range(5)] == [1] * 5
+    logits = torch.tensor([[0.5, 3.0, 1.0, -2.0]]).expand(5, -1)
+    params = [SamplingParams(max_tokens=1, top_p=5e-324)] * 5  # rounds to 0 in float32
+    generators = [torch.Generator().manual_seed(i) for i in range(5)]
+    assert sample_batch(logits, params, generators) == [1] * 5
 
 
-def test_seeded_sampling_repeats() -> None:
-    logits = torch.zeros(50)
-    params = SamplingParams(max_tokens=1, temperature=1.0)
-    draws = []
-    for _ in range(2):
-        generator = torch.Generator().manual_seed(7)
-        draws.append([sample_token(logits, params, generator) for _ in range(10)])
-    assert draws[0] == draws[1]
-    assert len(set(draws[0])) > 1
+def test_filters_apply_per_row() -> None:
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.5, 0.3, 0.15, 0.05]]).log()
+    params = [SamplingParams(max_tokens=1, top_p=0.8), SamplingParams(max_tokens=1, top_k=1)]
+    kept = filtered_logits(logits, params)
+    assert torch.isfinite(kept).tolist() == [
+        [True, True, False, False],
+        [True, False, False, False],
+    ]
+
+
+def test_sampled_rows_only_draw_kept_tokens() -> None:
+    logits = torch.tensor([[3.0, 1.0, 2.0, 0.0]]).expand(64, -1)
+    params = [SamplingParams(max_tokens=1, top_k=2)] * 64
+    draws = sample_batch(logits, params, [torch.Generator().manual_seed(i) for i in range(64)])
+    assert set(draws) == {0, 2}
+
+
+def test_seeded_draws_do_not_depend_on_the_batch() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(5, 50)
+    params = [SamplingParams(max_tokens=1, temperature=0.9, top_p=0.95)] * 5
+
+    def draws(rows: list[int]) -> list[list[int]]:
+        generators = [torch.Generator().manual_seed(100 + r) for r in rows]
+        steps = [sample_batch(logits[rows], params[: len(rows)], generators) for _ in range(10)]
+        return [list(column) for column in zip(*steps, strict=True)]
+
+    alone = draws([3])[0]
+    together = draws([0, 1, 2, 3, 4])
+    assert together[3] == alone
+    assert len(set(alone)) > 1
+    assert together[0] != together[1]
 
 
 def test_detokenizer_streams_stable_text(tiny_tokenizer: PreTrainedTokenizerFast) -> None:

@@ -1,0 +1,186 @@
+"""A compact Llama-family forward (Llama, SmolLM2, Qwen2) over the slot KV cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from engine.kv_cache import SlotKVCache
+
+SUPPORTED_ARCHITECTURES = frozenset({"LlamaForCausalLM", "Qwen2ForCausalLM"})
+
+
+@dataclass(frozen=True)
+class ForwardStates:
+    """Final-layer (normed) states, penultimate-layer states and the probe layer's, [B, Q, d]."""
+
+    final: torch.Tensor
+    penultimate: torch.Tensor
+    probe: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One decoder block's weights, each [in, out]: fused QKV (and bias), output, fused
+    gate-up, down; and the two norms."""
+
+    qkv: torch.Tensor
+    qkv_bias: torch.Tensor | None
+    out: torch.Tensor
+    gate_up: torch.Tensor
+    down: torch.Tensor
+    attn_norm: torch.Tensor
+    mlp_norm: torch.Tensor
+
+
+def unsupported_reason(model: PreTrainedModel) -> str | None:
+    """Why the compact forward cannot run this model, or None when it can."""
+    config = model.config
+    architecture = type(model).__name__
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        return f"architecture {architecture}"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act}"
+    if "sliding_attention" in (getattr(config, "layer_types", None) or []):
+        return "sliding-window attention"
+    rope = getattr(config, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") in {"dynamic", "longrope"}:
+        return f"rope type {rope['rope_type']}"
+    if getattr(config, "mlp_bias", False):
+        return "MLP bias"
+    block = model.model.layers[0]
+    projections = (block.self_attn.q_proj, block.self_attn.o_proj, block.mlp.gate_proj)
+    if any(type(p) is not torch.nn.Linear for p in projections):
+        return "wrapped projections (adapters)"
+    if block.self_attn.o_proj.bias is not None:
+        return "output projection bias"
+    return None
+
+
+def _share_transposed(linears: tuple[torch.nn.Linear, ...]) -> torch.Tensor:
+    """The linears' weights side by side as one contiguous [in, sum(out)] matrix.
+
+    Each linear's weight becomes a (transposed) view into it, so the transformers model keeps
+    working on the same memory; `x @ matrix` is then one matmul for all of them, and on the
+    CPU faster than `F.linear` over [out, in] rows for the few-token batches of decoding.
+    """
+    fused = torch.cat([m.weight.detach().t() for m in linears], dim=1).contiguous()
+    offset = 0
+    for linear in linears:
+        width = linear.weight.shape[0]
+        linear.weight.data = fused[:, offset : offset + width].t()
+        offset += width
+    return fused
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm computed in float32, as transformers' Llama does."""
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding on [B, Q, heads, D] with cos/sin [B, Q, 1, D] (rotate-half layout)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class LlamaForward:
+    """The decoder of a loaded transformers Llama-family model, as a few fused matmuls per block.
+
+    Weights are the loaded model's, re-laid as [in, out] matrices (Q/K/V fused, gate/up fused)
+    that the model's own linears then view, so no weight is held twice; rotary tables are
+    precomputed by the model's own rotary module, so rope_theta and rope scaling are the
+    config's. `forward` writes the new K/V through the slot cache's planned positions and
+    attends under a boolean mask [B, Q, L] sliced to the batch's live key length L.
+    """
+
+    def __init__(self, model: PreTrainedModel, max_positions: int) -> None:
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"compact forward does not support {reason}")
+        config = model.config
+        base = model.model
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = (
+            getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        )
+        self.eps = config.rms_norm_eps
+        self.embed = base.embed_tokens.weight
+        self.norm = base.norm.weight
+        self.layers = [self._fuse(layer) for layer in base.layers]
+        device, dtype = self.embed.device, self.embed.dtype
+        positions = torch.arange(max_positions, device=device)[None]
+        with torch.inference_mode():
+            cos, sin = base.rotary_emb(torch.zeros(1, dtype=dtype, device=device), positions)
+        self.cos, self.sin = cos[0], sin[0]
+
+    @staticmethod
+    def _fuse(layer: torch.nn.Module) -> _Layer:
+        attn, mlp = layer.self_attn, layer.mlp
+        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+        bias = None
+        if attn.q_proj.bias is not None:
+            bias = torch.cat([p.bias.detach() for p in projections])
+        return _Layer(
+            qkv=_share_transposed(projections),
+            qkv_bias=bias,
+            out=_share_transposed((attn.o_proj,)),
+            gate_up=_share_transposed((mlp.gate_proj, mlp.up_proj)),
+            down=_share_transposed((mlp.down_proj,)),
+            attn_norm=layer.input_layernorm.weight.detach(),
+            mlp_norm=layer.post_attention_layernorm.weight.detach(),
+        )
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        cache: SlotKVCache,
+        probe_layer: int | None,
+    ) -> ForwardStates:
+        """Run ids [B, Q] at positions [B, Q]; `cache.plan()` must have been called."""
+        batch, width = ids.shape
+        x = F.embedding(ids, self.embed)
+        cos = self.cos[positions][:, :, None]
+        sin = self.sin[positions][:, :, None]
+        attn_mask = mask[:, None]
+        q_size = self.heads * self.head_dim
+        kv_size = self.kv_heads * self.head_dim
+        probe = x if probe_layer == 0 else None
+        penultimate = x
+        for index, layer in enumerate(self.layers):
+            penultimate = x
+            h = _rms_norm(x, layer.attn_norm, self.eps)
+            qkv = h @ layer.qkv
+            if layer.qkv_bias is not None:
+                qkv = qkv + layer.qkv_bias
+            q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+            q = _rotate(q.view(batch, width, self.heads, self.head_dim), cos, sin)
+            k = _rotate(k.view(batch, width, self.kv_heads, self.head_dim), cos, sin)
+            v = v.view(batch, width, self.kv_heads, self.head_dim)
+            keys, values = cache.update(k.transpose(1, 2), v.transpose(1, 2), index)
+            attn = F.scaled_dot_product_attention(
+                q.transpose(1, 2),
+                keys,
+                values,
+                attn_mask=attn_mask,
+                enable_gqa=self.kv_heads != self.heads,
+            )
+            x = x + attn.transpose(1, 2).reshape(batch, width, q_size) @ layer.out
+            h = _rms_norm(x, layer.mlp_norm, self.eps)
+            gate, up = (h @ layer.gate_up).chunk(2, dim=-1)
+            x = x + (F.silu(gate) * up) @ layer.down
+            if probe_layer == index + 1:
+                probe = x
+        final = _rms_norm(x, self.norm, self.eps)
+        if probe_layer == len(self.layers):
+            probe = final  # transformers' last hidden state is the normed one
+        return ForwardStates(final, penultimate, probe)
