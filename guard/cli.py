@@ -58,6 +58,13 @@ def add_guard_parser(commands: argparse._SubParsersAction) -> None:
     fit.add_argument(
         "--c", type=float, default=0.01, help="Inverse L2 strength (default: %(default)s)."
     )
+    fit.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="Keep the decoded answers here and reuse them on a later run (default: none).",
+    )
     fit.set_defaults(handler=run_fit_probe)
     cal = sub.add_parser(
         "calibrate", help="Choose thresholds on dev lines for an abstention budget."
@@ -89,7 +96,15 @@ def run_fit_probe(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO)
     model_dir = resolve_model(args.model, args.cache_dir)
     out = _guard_dir(args) / PROBE_FILE
-    probe = fit_probe(model_dir, args.model, args.fit_lines, args.select_lines, out, c=args.c)
+    probe = fit_probe(
+        model_dir,
+        args.model,
+        args.fit_lines,
+        args.select_lines,
+        out,
+        c=args.c,
+        cache_dir=args.cache,
+    )
     assert probe.fit is not None
     print(f"layer {probe.layer}; answer-level AUROC on lines {args.select_lines}:")
     for name, value in sorted(probe.fit.auroc.items(), key=lambda kv: -kv[1]):

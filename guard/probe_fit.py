@@ -12,6 +12,7 @@ P(a), entropy, log-probability, cos(h, h-bar) and the paper's F_tok.
 from __future__ import annotations
 
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,21 +136,49 @@ def collect(
     layers: tuple[int, ...],
     max_tokens: int,
     batch: int,
+    cache_dir: Path | None = None,
 ) -> list[AnswerStates]:
-    """Answer every item and record the answer's states and baselines."""
+    """Answer every item and record the answer's states and baselines.
+
+    With `cache_dir`, each batch of answers is kept there (named by its first line) and read
+    back on a later run instead of being decoded again: the decoding is the slow part.
+    """
     records: list[AnswerStates] = []
     for first in range(0, len(items), batch):
         chunk = items[first : first + batch]
-        prompts = [prompt_ids(tokenizer, item) for item in chunk]
-        answers = greedy_answers(runner, tokenizer, prompts, max_tokens)
-        for item, prompt, answer in zip(chunk, prompts, answers, strict=True):
-            if not answer:
-                continue
-            text = tokenizer.decode(answer, skip_special_tokens=True)
-            states, baselines = answer_states(runner, prompt, answer, layers)
-            correct = gold_in_answer(text, item.right_answer)
-            records.append(AnswerStates(item.line, text, correct, states, baselines))
+        cached = None if cache_dir is None else cache_dir / f"{chunk[0].line}.pkl"
+        if cached is not None and cached.exists():
+            with cached.open("rb") as handle:
+                records += [r for r in pickle.load(handle) if r.line <= chunk[-1].line]
+            continue
+        answered = answer_batch(runner, tokenizer, chunk, layers, max_tokens)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            with cached.open("wb") as handle:
+                pickle.dump(answered, handle)
+        records += answered
         logger.info("answered %d / %d", min(first + batch, len(items)), len(items))
+    return records
+
+
+def answer_batch(
+    runner: ModelRunner,
+    tokenizer: PreTrainedTokenizerBase,
+    items: list[HaluEvalItem],
+    layers: tuple[int, ...],
+    max_tokens: int,
+) -> list[AnswerStates]:
+    """Answer a batch of items greedily; the states and baselines of each non-empty answer."""
+    prompts = [prompt_ids(tokenizer, item) for item in items]
+    answers = greedy_answers(runner, tokenizer, prompts, max_tokens)
+    records = []
+    for item, prompt, answer in zip(items, prompts, answers, strict=True):
+        if not answer:
+            continue
+        text = tokenizer.decode(answer, skip_special_tokens=True)
+        states, baselines = answer_states(runner, prompt, answer, layers)
+        correct = gold_in_answer(text, item.right_answer)
+        records.append(AnswerStates(item.line, text, correct, states, baselines))
     return records
 
 
@@ -208,22 +237,25 @@ def fit_probe(
     select_lines: tuple[int, int],
     out: Path,
     layers: tuple[int, ...] = DEFAULT_LAYERS,
-    max_tokens: int = 64,
-    batch: int = 32,
+    max_tokens: int = 48,
+    batch: int = 16,
     c: float = 0.01,
+    cache_dir: Path | None = None,
 ) -> HallucinationProbe:
     """Collect on-policy answers on both line ranges, sweep layers, save the best probe."""
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     runner = ModelRunner.load(
-        model_dir, num_slots=batch, max_model_len=2048, max_candidates=1, device="cpu"
+        model_dir, num_slots=batch, max_model_len=2048, max_candidates=1, device="cpu", native=False
     )
     items = {item.line: item for item in load_halueval("dev")}
 
     def lines(span: tuple[int, int]) -> list[HaluEvalItem]:
         return [items[n] for n in range(span[0], span[1] + 1)]
 
-    fit_records = collect(runner, tokenizer, lines(fit_lines), layers, max_tokens, batch)
-    select_records = collect(runner, tokenizer, lines(select_lines), layers, max_tokens, batch)
+    fit_records = collect(runner, tokenizer, lines(fit_lines), layers, max_tokens, batch, cache_dir)
+    select_records = collect(
+        runner, tokenizer, lines(select_lines), layers, max_tokens, batch, cache_dir
+    )
     probe, layer_auroc = sweep(fit_records, select_records, c)
     aurocs = baseline_aurocs(select_records)
     aurocs["probe"] = layer_auroc[probe.layer]

@@ -10,6 +10,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from engine.model_runner import ModelRunner
+from evals.halueval import HaluEvalItem
 from guard.probe import PROBE_FILE, GuardAssets, HallucinationProbe, find_guard_dir
 from guard.probe_fit import AnswerStates, answer_states, sweep
 
@@ -63,3 +64,26 @@ def test_sweep_picks_the_layer_that_separates() -> None:
     assert probe.layer == 3
     assert scores[3] > 0.9 > scores[7] + 0.2
     assert scores[3] == pytest.approx(max(scores.values()))
+
+
+def test_collected_answers_are_cached_and_reused(
+    tiny_llama: LlamaForCausalLM, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from guard import probe_fit
+
+    made: list[int] = []
+
+    def fake_batch(runner, tokenizer, items, layers, max_tokens):  # type: ignore[no-untyped-def]
+        made.extend(item.line for item in items)
+        return [AnswerStates(item.line, "x", True, {}, {}) for item in items]
+
+    monkeypatch.setattr(probe_fit, "answer_batch", fake_batch)
+    items = [
+        HaluEvalItem(knowledge="k", question="q", right_answer="a", hallucinated_answer="b", line=n)
+        for n in range(10, 15)
+    ]
+    first = probe_fit.collect(make_runner(tiny_llama), None, items, (0,), 8, 2, tmp_path)  # type: ignore[arg-type]
+    again = probe_fit.collect(make_runner(tiny_llama), None, items, (0,), 8, 2, tmp_path)  # type: ignore[arg-type]
+    assert made == [10, 11, 12, 13, 14]
+    assert [r.line for r in first] == [r.line for r in again] == [10, 11, 12, 13, 14]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["10.pkl", "12.pkl", "14.pkl"]
