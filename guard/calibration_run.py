@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from sklearn.metrics import roc_auc_score
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from engine.llm_engine import LLMEngine
@@ -135,6 +136,22 @@ def with_global_threshold(
     )
 
 
+def log_separation(thresholds: dict[str, float], answers: list[GuardedAnswer]) -> None:
+    """Log how well F_global and the probe risk separate wrong answers from right ones."""
+    answered = [a for a in answers if a.answered and a.report.global_check is not None]
+    wrong = [not a.correct for a in answered]
+    if len(set(wrong)) < 2:
+        return
+    risks = [a.report.global_check.probe_risk or 0.0 for a in answered if a.report.global_check]
+    logger.info(
+        "setting %s: %d answered, AUROC of 1 - F_global %.3f, of probe risk %.3f",
+        json.dumps(thresholds),
+        len(answered),
+        roc_auc_score(wrong, [-a.confidence for a in answered]),
+        roc_auc_score(wrong, risks),
+    )
+
+
 def run_calibration(
     model_dir: Path,
     guard_dir: Path,
@@ -161,6 +178,7 @@ def run_calibration(
     for thresholds in grid:
         config = GuardConfig(enabled=True, token_score="probe", tau_global=0.0, **thresholds)
         answers = decode_guarded(runner, tokenizer, items, config, probe, verifier, max_tokens)
+        log_separation(thresholds, answers)
         result = with_global_threshold(thresholds, answers, max_abstention)
         logger.info("setting %s -> %s", json.dumps(result.thresholds), result.answered.count(True))
         results.append(result)

@@ -32,7 +32,8 @@ class ProbeFit(BaseModel):
         default_factory=dict, description="Answer-level AUROC on the selection lines, by score."
     )
     layer_auroc: dict[int, float] = Field(
-        default_factory=dict, description="Answer-level AUROC of the probe at each layer swept."
+        default_factory=dict,
+        description="5-fold answer-level AUROC on the fit lines at each layer swept.",
     )
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from engine.model_runner import ModelRunner
@@ -213,21 +214,37 @@ def fit_layer(records: list[AnswerStates], layer: int, c: float) -> Hallucinatio
     return HallucinationProbe.train(layer, last_states(records, layer), labels, c=c)
 
 
+def cross_validated_auroc(records: list[AnswerStates], layer: int, c: float) -> float:
+    """Answer-level AUROC of a layer's probe, each answer scored by a probe not fitted on it."""
+    labels = np.array([not r.correct for r in records])
+    risks = np.zeros(len(records))
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
+    for fit_rows, held_rows in folds.split(np.zeros(len(records)), labels):
+        probe = fit_layer([records[i] for i in fit_rows], layer, c)
+        risks[held_rows] = probe.risk_numpy(last_states([records[i] for i in held_rows], layer))
+    return float(roc_auc_score(labels, risks))
+
+
 def sweep(
     fit_records: list[AnswerStates], select_records: list[AnswerStates], c: float
-) -> tuple[HallucinationProbe, dict[int, float]]:
-    """Fit a probe per layer; keep the one with the best selection-line AUROC (last token)."""
-    scores: dict[int, float] = {}
-    best: HallucinationProbe | None = None
-    for layer in sorted(fit_records[0].states):
-        probe = fit_layer(fit_records, layer, c)
-        risks = list(probe.risk_numpy(last_states(select_records, layer)))
-        scores[layer] = answer_auroc(select_records, risks)
-        logger.info("layer %d: AUROC %.3f", layer, scores[layer])
-        if best is None or scores[layer] > scores[best.layer]:
-            best = probe
-    assert best is not None
-    return best, scores
+) -> tuple[HallucinationProbe, dict[int, float], float]:
+    """Choose the layer by 5-fold AUROC on the fit lines, refit it on all of them, and score
+    it on the selection lines, which neither the choice nor the fit has seen.
+
+    Returns the probe, the cross-validated AUROC per layer and the held-out AUROC.
+    """
+    scores = {
+        layer: cross_validated_auroc(fit_records, layer, c)
+        for layer in sorted(fit_records[0].states)
+    }
+    for layer, value in scores.items():
+        logger.info("layer %d: 5-fold AUROC %.3f", layer, value)
+    best = max(scores, key=lambda layer: scores[layer])
+    probe = fit_layer(fit_records, best, c)
+    held_out = answer_auroc(
+        select_records, list(probe.risk_numpy(last_states(select_records, best)))
+    )
+    return probe, scores, held_out
 
 
 def fit_probe(
@@ -256,9 +273,9 @@ def fit_probe(
     select_records = collect(
         runner, tokenizer, lines(select_lines), layers, max_tokens, batch, cache_dir
     )
-    probe, layer_auroc = sweep(fit_records, select_records, c)
+    probe, layer_auroc, held_out = sweep(fit_records, select_records, c)
     aurocs = baseline_aurocs(select_records)
-    aurocs["probe"] = layer_auroc[probe.layer]
+    aurocs["probe"] = held_out
     probe.fit = ProbeFit(
         model=model_name,
         fit_lines=fit_lines,
