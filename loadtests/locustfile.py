@@ -282,6 +282,7 @@ class GuardserveUser(HttpUser):
             with self.client.post(
                 CHAT_PATH, json=body, name=name, timeout=DISCONNECT_TIMEOUT_S, catch_response=True
             ) as resp:
+                resp.request_meta["response_length"] = 0  # tokens are not counted here
                 if resp.status_code == 200 or isinstance(resp.error, ReadTimeout):
                     resp.success()  # answered in time, or the client gave up as planned
                 else:
@@ -291,6 +292,7 @@ class GuardserveUser(HttpUser):
         with self.client.post(
             CHAT_PATH, json=body, name=name, stream=True, timeout=TIMEOUT_S, catch_response=True
         ) as resp:
+            resp.request_meta["response_length"] = 0  # tokens are not counted here
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}: {resp.error or resp.text[:200]}")
                 return
@@ -319,6 +321,7 @@ class GuardserveUser(HttpUser):
             timeout=TIMEOUT_S,
             catch_response=True,
         ) as resp:
+            resp.request_meta["response_length"] = 0  # no completion tokens
             try:
                 payload = resp.json()
             except ValueError:
