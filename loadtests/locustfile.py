@@ -1,4 +1,9 @@
-"""Locust user for guardserve: a configurable mix of plain, streamed, guarded and verify chats.
+"""Locust user for guardserve: a configurable mix of chat modes, disconnects and bad inputs.
+
+Modes: plain, stream, guard and verify chats; `disconnect` (a client that closes a long stream
+after its first content chunks, or gives up on a plain request after a short timeout: a success
+when the client closed it); `bad` (a malformed request from loadtests/bad_inputs.py: a success
+when it gets the expected 4xx with an OpenAI error object).
 
 Environment variables (all optional):
     GS_MIX          weights per mode, e.g. "plain=4,stream=3,guard=2,verify=1" (the default)
@@ -9,6 +14,9 @@ Environment variables (all optional):
     GS_TIMEOUT      seconds before a request is abandoned (default 600)
     GS_WAIT         seconds each user waits between requests (default 0: closed loop)
     GS_API_KEY      bearer token (falls back to GUARDSERVE_API_KEY)
+    GS_DISCONNECT_TIMEOUT  client timeout in seconds of disconnect mode's plain requests (0.3)
+    GS_LATENCY_LOG  path of a JSONL file to append one line per chat request to:
+                    {"t": unix time at the end, "mode", "ms": latency, "ok", "error"}
 
 Requests are named "/v1/chat/completions [MODE]" so locust's statistics split by mode. For
 these rows "Average Content Size" holds completion tokens per request (from `usage`), not
@@ -28,8 +36,10 @@ from typing import Any
 from locust import HttpUser, constant, events, task
 from locust.env import Environment
 from locust.exception import StopUser
+from requests.exceptions import ReadTimeout
 
-from loadtests.run_headless import loopback_error, parse_mix
+from loadtests.bad_inputs import BAD_INPUTS, bad_body, check_error_response
+from loadtests.run_headless import loopback_error, mode_of, parse_mix
 
 CHAT_PATH = "/v1/chat/completions"
 
@@ -109,6 +119,31 @@ GUARD_SETTINGS = _env_json_object("GS_GUARD")
 TIMEOUT_S = float(os.environ.get("GS_TIMEOUT", "600"))
 WAIT_S = float(os.environ.get("GS_WAIT", "0"))
 API_KEY = os.environ.get("GS_API_KEY") or os.environ.get("GUARDSERVE_API_KEY")
+DISCONNECT_TIMEOUT_S = float(os.environ.get("GS_DISCONNECT_TIMEOUT", "0.3"))
+DISCONNECT_MAX_TOKENS = 512  # long enough that the client always leaves first
+DISCONNECT_AFTER_CHUNKS = 2
+LATENCY_LOG = (
+    open(os.environ["GS_LATENCY_LOG"], "a", buffering=1)  # noqa: SIM115 - open for the run
+    if os.environ.get("GS_LATENCY_LOG")
+    else None
+)
+
+
+@events.request.add_listener
+def _log_latency(
+    request_type: str, name: str, response_time: float, exception: Any, **_: Any
+) -> None:
+    mode = mode_of(name)
+    if LATENCY_LOG is None or mode is None or request_type == "TTFT":
+        return
+    record = {
+        "t": time.time(),
+        "mode": mode,
+        "ms": response_time,
+        "ok": exception is None,
+        "error": None if exception is None else str(exception)[:200],
+    }
+    LATENCY_LOG.write(json.dumps(record) + "\n")
 
 
 @events.test_start.add_listener
@@ -156,6 +191,12 @@ class GuardserveUser(HttpUser):
         }
         if mode == "stream":
             self._stream(body)
+            return
+        if mode == "disconnect":
+            self._disconnect(body)
+            return
+        if mode == "bad":
+            self._bad()
             return
         if mode == "guard":
             body["guard"] = {**GUARD_SETTINGS, "enabled": True}
@@ -232,3 +273,61 @@ class GuardserveUser(HttpUser):
                 exception=None,
                 context={},
             )
+
+    def _disconnect(self, body: dict[str, Any]) -> None:
+        """Leave a request early: close a stream after its first chunks, or time out a plain one."""
+        body = {**body, "max_tokens": DISCONNECT_MAX_TOKENS}
+        name = request_name("disconnect")
+        if self.rng.random() < 0.5:
+            with self.client.post(
+                CHAT_PATH, json=body, name=name, timeout=DISCONNECT_TIMEOUT_S, catch_response=True
+            ) as resp:
+                resp.request_meta["response_length"] = 0  # tokens are not counted here
+                if resp.status_code == 200 or isinstance(resp.error, ReadTimeout):
+                    resp.success()  # answered in time, or the client gave up as planned
+                else:
+                    resp.failure(f"HTTP {resp.status_code}: {resp.error or resp.text[:200]}")
+            return
+        body = {**body, "stream": True}
+        with self.client.post(
+            CHAT_PATH, json=body, name=name, stream=True, timeout=TIMEOUT_S, catch_response=True
+        ) as resp:
+            resp.request_meta["response_length"] = 0  # tokens are not counted here
+            if resp.status_code != 200:
+                resp.failure(f"HTTP {resp.status_code}: {resp.error or resp.text[:200]}")
+                return
+            chunks = 0
+            for raw in resp.iter_lines():
+                payload = raw.decode("utf-8").removeprefix("data:").strip()
+                if not payload or payload == "[DONE]":
+                    continue
+                if "error" in json.loads(payload):
+                    resp.failure(f"error event: {payload[:200]}")
+                    return
+                chunks += 1
+                if chunks >= DISCONNECT_AFTER_CHUNKS:
+                    break
+            resp.close()  # drops the connection mid-stream
+            resp.success()
+
+    def _bad(self) -> None:
+        """Send one malformed request; it must get its expected 4xx and an error object."""
+        bad = self.rng.choice(BAD_INPUTS)
+        with self.client.post(
+            CHAT_PATH,
+            data=bad_body(bad, GuardserveUser._model or ""),
+            headers={"Content-Type": "application/json"},
+            name=request_name("bad"),
+            timeout=TIMEOUT_S,
+            catch_response=True,
+        ) as resp:
+            resp.request_meta["response_length"] = 0  # no completion tokens
+            try:
+                payload = resp.json()
+            except ValueError:
+                payload = None
+            problem = check_error_response(bad, resp.status_code, payload)
+            if problem:
+                resp.failure(problem)
+            else:
+                resp.success()

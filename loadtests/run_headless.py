@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from benchmarks.launcher import ServerStartError, start_server, stop_server, wait_ready
 
-MODES = ("plain", "stream", "guard", "verify")
+MODES = ("plain", "stream", "guard", "verify", "disconnect", "bad")
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
 REPO_ROOT = LOCUSTFILE.parents[1]
 MODE_IN_NAME = re.compile(r"\[(\w+)\]\s*$")
@@ -129,7 +129,8 @@ class LoadTestSummary(BaseModel):
     failures: list[FailureCount]
 
 
-def _mode_of(name: str) -> str | None:
+def mode_of(name: str) -> str | None:
+    """The mode in a locust request name such as "/v1/chat/completions [plain]", or None."""
     match = MODE_IN_NAME.search(name)
     return match.group(1) if match and match.group(1) in MODES else None
 
@@ -144,8 +145,8 @@ def summarize(prefix: Path, run: dict[str, str | int | float | bool]) -> LoadTes
     """Per-mode and total figures from locust's PREFIX_stats.csv and PREFIX_failures.csv."""
     with Path(f"{prefix}_stats.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
-    requests = {_mode_of(r["Name"]): r for r in rows if r["Type"] != "TTFT" and _mode_of(r["Name"])}
-    ttft = {_mode_of(r["Name"]): r for r in rows if r["Type"] == "TTFT" and _mode_of(r["Name"])}
+    requests = {mode_of(r["Name"]): r for r in rows if r["Type"] != "TTFT" and mode_of(r["Name"])}
+    ttft = {mode_of(r["Name"]): r for r in rows if r["Type"] == "TTFT" and mode_of(r["Name"])}
     modes = []
     for mode in MODES:
         row = requests.get(mode)
@@ -180,7 +181,7 @@ def summarize(prefix: Path, run: dict[str, str | int | float | bool]) -> LoadTes
     if failures_csv.exists():
         with failures_csv.open(newline="") as f:
             for row in csv.DictReader(f):
-                mode = _mode_of(row["Name"])
+                mode = mode_of(row["Name"])
                 if mode is not None:
                     failures.append(
                         FailureCount(
