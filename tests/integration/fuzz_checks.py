@@ -9,17 +9,32 @@ import schemathesis
 
 # The name the server serves, so generated chat requests get past the model lookup.
 MODEL = os.environ["GUARDSERVE_FUZZ_MODEL"]
+# Options a guarded request refuses with a 400 (each tested on its own elsewhere): a fuzzed
+# request carrying any of them would never reach the guard settings.
+NOT_WITH_GUARD = (
+    "logprobs",
+    "top_logprobs",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+)
 
 
 @schemathesis.hook
 def before_call(ctx: Any, case: Any, **kwargs: Any) -> None:
-    """Name the served model, and give content to messages left without (only an assistant's
-    may lack it), so that generated requests reach the sampling and guard settings."""
+    """Name the served model, give content to messages left without (only an assistant's
+    may lack it), and drop the options guarded requests refuse, so that generated requests
+    reach the sampling and guard settings."""
     body = case.body
     if not isinstance(body, dict):
         return
     if isinstance(body.get("model"), str):
         body["model"] = MODEL
+    if isinstance(body.get("guard"), dict):
+        for name in NOT_WITH_GUARD:
+            body.pop(name, None)
     for message in body.get("messages") if isinstance(body.get("messages"), list) else []:
         if isinstance(message, dict) and message.get("content") is None:
             message["content"] = "Name three fruits."
