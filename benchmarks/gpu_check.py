@@ -21,21 +21,18 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from engine.model_store import resolve_model
+from benchmarks.prompts import PROMPTS
+from engine.model_store import DEFAULT_MODEL, resolve_model
 from engine.sampling import SamplingParams
 from guard.config import GuardConfig, GuardRun
 from server.config import ServerConfig
-from server.engine_factory import build_torch_engines, engine_dtype, runner_devices
+from server.engine_factory import (
+    build_torch_engines,
+    engine_dtype,
+    load_guard_assets,
+    runner_devices,
+)
 from server.engines.base import Engine
-
-PROMPTS = [
-    "Context: Acme reported revenue of $12.4 billion in 2024. Jane Park is the CEO.\n"
-    "Question: Who leads Acme and how much revenue did it report?",
-    "Explain in a few sentences why the sky is blue.",
-    "Context: The Amazon river flows through Brazil, Peru and Colombia.\n"
-    "Question: Which countries does the Amazon flow through?",
-    "Write three short tips for staying focused while studying.",
-]
 
 
 @dataclass(frozen=True)
@@ -124,7 +121,9 @@ async def run(args: argparse.Namespace) -> None:
     devices = runner_devices(config)
     tokenizer = AutoTokenizer.from_pretrained(str(model))
     started = time.perf_counter()
-    engine = build_torch_engines(model, config, tokenizer, engine_dtype(config))
+    assets = load_guard_assets(model, config, DEFAULT_MODEL)
+    dtype = engine_dtype(config)
+    engine = build_torch_engines(model, config, tokenizer, dtype, args.max_model_len, assets)
     runners = getattr(engine, "engines", [engine])
     forwards = ", ".join(f"{e.label}: {e.runner.backend}" for e in runners)
     print(f"model {model}\nrunners {len(runners)} ({forwards})")
