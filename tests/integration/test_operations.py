@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -59,6 +60,26 @@ def test_full_queue_answers_429_with_retry_after(tight_server: RunningServer) ->
         assert refused.json()["error"]["code"] == "queue_full"
         time.sleep(0.5)
         assert client.post(url, json=chat(4)).status_code == 200
+
+
+def test_a_burst_of_streams_is_admitted_up_to_capacity(tight_server: RunningServer) -> None:
+    """Streams count as admitted before their first event: a burst cannot slip past the check."""
+    url = f"{tight_server.url}/v1/chat/completions"
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(timeout=60) as client:
+
+            async def one() -> int:
+                async with client.stream("POST", url, json=chat(40, stream=True)) as response:
+                    await response.aread()
+                    return response.status_code
+
+            return list(await asyncio.gather(*(one() for _ in range(6))))
+
+    statuses = asyncio.run(burst())
+    # Capacity is 2 (two slots, no queue): the others are refused, none is queued past it.
+    assert statuses.count(200) <= 2 and statuses.count(429) >= 4
+    assert set(statuses) <= {200, 429}
 
 
 def test_more_sequences_than_slots_in_one_request_is_a_400(tight_server: RunningServer) -> None:
