@@ -72,8 +72,10 @@ class GuardConfig(BaseModel):
     max_segment_tokens: int = Field(
         48, ge=4, le=512, description="Length cap that closes a segment without a boundary."
     )
-    segment_boundary: Literal["sentence", "line"] = Field(
-        "sentence", description="What ends a segment: a sentence end or a newline."
+    segment_boundary: Literal["sentence", "clause", "line"] = Field(
+        "sentence",
+        description="What ends a segment: a sentence end, a clause end (also , ; :), "
+        "or a newline. Shorter segments release text sooner when streaming.",
     )
     fact_normalize_by_k: bool = Field(
         False,

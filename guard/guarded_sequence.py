@@ -19,6 +19,7 @@ from guard.report import GlobalReport, GuardReport, SegmentReport
 Embedder = Callable[[list[int]], torch.Tensor]
 RiskScorer = Callable[[torch.Tensor], torch.Tensor]
 SENTENCE_ENDS = (".", "!", "?")
+CLAUSE_ENDS = (*SENTENCE_ENDS, ",", ";", ":")
 
 
 @dataclass(frozen=True)
@@ -426,14 +427,18 @@ class GuardedSequence(Sequence):
         return sum(len(s.token_ids) for s in self.chain)
 
     def _at_boundary(self, token: int) -> bool:
+        """Whether `token` closes the open segment: a length cap, a newline, or the end of a
+        sentence (or, with `clause`, of a clause); a point or comma after a digit does not."""
         if len(self._segment.tokens) >= self.config.max_segment_tokens:
             return True
         piece = self.tokenizer.decode([token])
         if "\n" in piece:
             return True
-        if self.config.segment_boundary == "line" or not piece.rstrip().endswith(SENTENCE_ENDS):
+        boundary = self.config.segment_boundary
+        ends = CLAUSE_ENDS if boundary == "clause" else SENTENCE_ENDS
+        if boundary == "line" or not piece.rstrip().endswith(ends):
             return False
-        if piece.strip() in SENTENCE_ENDS and len(self._segment.tokens) >= 2:
+        if piece.strip() in ends and len(self._segment.tokens) >= 2:
             before = self.tokenizer.decode([self._segment.tokens[-2].token])
             return not before[-1:].isdigit()
         return True

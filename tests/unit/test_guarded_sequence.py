@@ -15,7 +15,13 @@ from engine.outputs import SequenceOutput
 from engine.sampling import SamplingParams
 from engine.sequence import Sequence
 from guard.config import EvidenceCheck, GuardConfig, SegmentEvidence
-from guard.guarded_sequence import GuardedSequence, RiskScorer, marker_joint
+from guard.guarded_sequence import (
+    GuardedSequence,
+    RiskScorer,
+    Shortlist,
+    TokenRecord,
+    marker_joint,
+)
 
 PROMPT = [5, 9, 14, 3, 22, 40]
 EOS = frozenset({0})
@@ -348,3 +354,35 @@ def test_truncated_answer_ends_its_sentence_before_the_marker(
     assert marker == "Unsure from here"
     assert before.rstrip().endswith((".", "!", "?")), text
     assert before.endswith((" ", "\n")), text
+
+
+PIECES = {3: " Jane", 4: " Park", 5: ",", 6: " CEO", 7: ".", 8: " 12", 9: " 4"}
+
+
+class PieceTokenizer:
+    """Decodes ids to fixed text pieces: enough for segment boundaries."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return "".join(PIECES[i] for i in ids)
+
+
+@pytest.mark.parametrize(
+    ("boundary", "tokens", "closes"),
+    [
+        ("sentence", [3, 4, 5], False),
+        ("clause", [3, 4, 5], True),
+        ("clause", [3, 4, 7], True),
+        ("clause", [3, 8, 5], False),  # "12," inside a number does not close a clause
+        ("sentence", [3, 6, 7], True),
+        ("line", [3, 6, 7], False),
+    ],
+)
+def test_segment_boundaries(
+    tiny_llama: LlamaForCausalLM, boundary: str, tokens: list[int], closes: bool
+) -> None:
+    engine = make_engine(tiny_llama)
+    seq = guarded(engine, PieceTokenizer(), "b", segment_boundary=boundary)  # type: ignore[arg-type]
+    seq._segment.tokens = [
+        TokenRecord(t, torch.zeros(1), 1.0, Shortlist([], torch.empty(0))) for t in tokens
+    ]
+    assert seq._at_boundary(tokens[-1]) is closes
