@@ -40,8 +40,16 @@ class Row:
     latency_p95_s: float
 
 
+# The guard settings of each mode; `guard-clause` closes segments at clause ends too.
+GUARD_SETTINGS: dict[str, dict[str, object]] = {
+    "plain": {"enabled": False},
+    "guard": {"enabled": True},
+    "guard-clause": {"enabled": True, "segment_boundary": "clause"},
+}
+
+
 async def one_request(
-    client: AsyncOpenAI, prompt: str, max_tokens: int, guarded: bool
+    client: AsyncOpenAI, prompt: str, max_tokens: int, mode: str
 ) -> tuple[float, float, int]:
     """Stream one request; return (ttft, latency, completion tokens)."""
     start = time.perf_counter()
@@ -54,7 +62,7 @@ async def one_request(
         temperature=0,
         stream=True,
         stream_options={"include_usage": True},
-        extra_body={"guard": {"enabled": guarded}},
+        extra_body={"guard": GUARD_SETTINGS[mode]},
     )
     async for chunk in stream:
         if not first and chunk.choices and chunk.choices[0].delta.content:
@@ -74,7 +82,7 @@ async def measure(
     start = time.perf_counter()
     for wave in range(rounds):
         batch = [
-            one_request(client, PROMPTS[(wave + i) % len(PROMPTS)], max_tokens, mode == "guard")
+            one_request(client, PROMPTS[(wave + i) % len(PROMPTS)], max_tokens, mode)
             for i in range(concurrency)
         ]
         results += await asyncio.gather(*batch)
@@ -156,7 +164,9 @@ def main() -> None:
     """Parse flags, run the engines, write JSON and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engines", nargs="+", default=["vllm", "torch"])
-    parser.add_argument("--modes", nargs="+", default=["plain", "guard"])
+    parser.add_argument(
+        "--modes", nargs="+", choices=sorted(GUARD_SETTINGS), default=["plain", "guard"]
+    )
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=32, help="Requests per cell (at least).")
     parser.add_argument("--max-tokens", type=int, default=64)
