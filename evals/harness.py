@@ -25,11 +25,12 @@ from tqdm import tqdm
 from evals.datasets import EvalItem
 from evals.metrics import exact_match, f1_score, gold_in_answer, normalize_answer
 from evals.prompts import grounded_messages
-from guard.config import GuardConfig
 from verify.verifier import Verifier
 
 Mode = Literal["plain", "guard", "verify"]
-DEFAULT_REFUSAL = str(GuardConfig.model_fields["refusal_message"].default)
+# The text guardserve refuses with unless a request sets `refusal_message` (the harness talks
+# to servers over HTTP and imports none of their code; a unit test keeps the two in step).
+DEFAULT_REFUSAL = "I cannot answer that reliably."
 
 
 def is_abstention(outcome: str, response: str, refusal_message: str = DEFAULT_REFUSAL) -> bool:

@@ -393,3 +393,10 @@ def test_jsonl_loader_windows_ids_and_refusals(tmp_path: Path) -> None:
 def test_halueval_refuses_lines_past_development(offset: int, limit: int | None) -> None:
     with pytest.raises(ValueError):
         load_halueval_dev(offset, limit)
+
+
+def test_default_refusal_is_the_servers() -> None:
+    from evals.harness import DEFAULT_REFUSAL
+    from guard.config import GuardConfig
+
+    assert GuardConfig().refusal_message == DEFAULT_REFUSAL
