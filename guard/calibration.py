@@ -18,7 +18,7 @@ from guard.config import GuardConfig
 
 HALUEVAL = "halueval"
 HALUEVAL_DEV_LAST_LINE = 8000  # lines 8001-10000 are reserved for the release evaluation
-THRESHOLDS = ("tau_token", "tau_low", "tau_high", "tau_global")
+THRESHOLDS = ("lam", "tau_token", "tau_low", "tau_high", "tau_global")
 _SLACK = 1e-12  # float slack when comparing an abstention share with the budget
 
 
@@ -115,6 +115,7 @@ def pick_setting(
 class GuardCalibration(BaseModel):
     """Guard thresholds chosen on development lines, the budget, and what they achieved there."""
 
+    lam: float = Field(0.6, ge=0.0, le=1.0, description="Weight of the hidden-state term in F_tok.")
     tau_token: float = Field(ge=0.0, le=1.0)
     tau_low: float = Field(ge=0.0, le=1.0)
     tau_high: float = Field(ge=0.0, le=1.0)

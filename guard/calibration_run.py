@@ -33,8 +33,10 @@ from verify.verifier import Verifier, VerifierConfig
 logger = logging.getLogger(__name__)
 
 DEFAULT_GRID: tuple[dict[str, float], ...] = (
-    {"tau_token": 0.0, "tau_low": 0.0, "tau_high": 0.0},
-    {"tau_token": 0.3, "tau_low": 0.3, "tau_high": 0.6},
+    # lam 0: candidates chosen by P(a) alone, the probe judging the answer (F_fact). With the
+    # probe in F_tok at the paper's lam 0.6, decoding drifted from the gold answer (measured
+    # on lines 5401-5600 and 5801-6000; see the README).
+    {"lam": 0.0, "tau_token": 0.0, "tau_low": 0.0, "tau_high": 0.0},
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -82,6 +83,13 @@ def add_guard_parser(commands: argparse._SubParsersAction) -> None:
         default=0.15,
         help="Abstention budget (default: %(default)s).",
     )
+    cal.add_argument(
+        "--grid",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help="Settings to try: a JSON list of {name: value} (default: the built-in grid).",
+    )
     cal.set_defaults(handler=run_calibrate)
 
 
@@ -115,10 +123,13 @@ def run_fit_probe(args: argparse.Namespace) -> int:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     """Decode the lines under each setting and save the calibration beside the probe."""
-    from guard.calibration_run import run_calibration
+    from guard.calibration_run import DEFAULT_GRID, run_calibration
 
     logging.basicConfig(level=logging.INFO)
     model_dir = resolve_model(args.model, args.cache_dir)
-    calibration = run_calibration(model_dir, _guard_dir(args), args.lines, args.max_abstention)
+    grid = tuple(args.grid) if args.grid else DEFAULT_GRID
+    calibration = run_calibration(
+        model_dir, _guard_dir(args), args.lines, args.max_abstention, grid=grid
+    )
     print(calibration.model_dump_json(indent=2))
     return 0

@@ -118,6 +118,7 @@ def test_calibration_records_choice_and_round_trips(tmp_path: Path) -> None:
     assert calibration.probe_threshold == 0.3
     assert calibration.achieved.gold_in_answer_answered == pytest.approx(2 / 3)
     assert calibration.guard_options() == {
+        "lam": defaults.lam,
         "tau_token": defaults.tau_token,
         "tau_low": 0.5,
         "tau_high": defaults.tau_high,
