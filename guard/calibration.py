@@ -120,7 +120,6 @@ class GuardCalibration(BaseModel):
     tau_low: float = Field(ge=0.0, le=1.0)
     tau_high: float = Field(ge=0.0, le=1.0)
     tau_global: float = Field(ge=0.0, le=1.0)
-    probe_threshold: float | None = Field(None, description="A hallucination probe's cut-off.")
     max_abstention: float = Field(ge=0.0, le=1.0)
     dataset: str = HALUEVAL
     first_line: int = Field(ge=1, description="First dataset line fitted on (1-based).")
@@ -164,15 +163,13 @@ def calibrate(
 ) -> GuardCalibration:
     """Pick the best setting within the budget (see `pick_setting`) and record it.
 
-    Thresholds a setting does not name keep guard's defaults; `probe_threshold` is taken
-    when the setting names it.
+    Thresholds a setting does not name keep guard's defaults.
     """
     chosen, figures = pick_setting(results, max_abstention)
     defaults = GuardConfig()
     thresholds = {name: chosen.thresholds.get(name, getattr(defaults, name)) for name in THRESHOLDS}
     return GuardCalibration(
         **thresholds,
-        probe_threshold=chosen.thresholds.get("probe_threshold"),
         max_abstention=max_abstention,
         dataset=dataset,
         first_line=first_line,

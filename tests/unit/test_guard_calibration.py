@@ -105,7 +105,7 @@ def test_pick_setting_by_hand() -> None:
 def test_calibration_records_choice_and_round_trips(tmp_path: Path) -> None:
     results = [
         SettingResult(
-            thresholds={"tau_global": 0.6, "tau_low": 0.5, "probe_threshold": 0.3},
+            thresholds={"tau_global": 0.6, "tau_low": 0.5},
             answered=[True, True, False, True],
             correct=[True, False, False, True],
         ),
@@ -115,7 +115,6 @@ def test_calibration_records_choice_and_round_trips(tmp_path: Path) -> None:
     defaults = GuardConfig()
     assert (calibration.tau_global, calibration.tau_low) == (0.6, 0.5)
     assert (calibration.tau_token, calibration.tau_high) == (defaults.tau_token, defaults.tau_high)
-    assert calibration.probe_threshold == 0.3
     assert calibration.achieved.gold_in_answer_answered == pytest.approx(2 / 3)
     assert calibration.guard_options() == {
         "lam": defaults.lam,
@@ -129,7 +128,7 @@ def test_calibration_records_choice_and_round_trips(tmp_path: Path) -> None:
     calibration.save(path)
     assert GuardCalibration.load(path) == calibration
     best = calibrate(results, max_abstention=0.25, first_line=1, last_line=4)
-    assert (best.tau_global, best.probe_threshold, best.achieved.coverage) == (0.4, None, 1.0)
+    assert (best.tau_global, best.achieved.coverage) == (0.4, 1.0)
 
 
 def test_calibration_refuses_release_lines_and_bad_thresholds() -> None:
