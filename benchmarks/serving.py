@@ -38,6 +38,11 @@ class Row:
     ttft_p50_s: float
     latency_p50_s: float
     latency_p95_s: float
+    # Guarded cells: where a request's time went (means over requests, from the guard report).
+    first_segment_words: float | None = None
+    guard_token_s: float | None = None
+    guard_segment_s: float | None = None
+    guard_refinement_s: float | None = None
 
 
 # The guard settings of each mode; `guard-clause` closes segments at clause ends too.
@@ -50,11 +55,12 @@ GUARD_SETTINGS: dict[str, dict[str, object]] = {
 
 async def one_request(
     client: AsyncOpenAI, prompt: str, max_tokens: int, mode: str
-) -> tuple[float, float, int]:
-    """Stream one request; return (ttft, latency, completion tokens)."""
+) -> tuple[float, float, int, dict | None]:
+    """Stream one request; return (ttft, latency, completion tokens, guard report)."""
     start = time.perf_counter()
     first = 0.0
     tokens = 0
+    report = None
     stream = await client.chat.completions.create(
         model=DEFAULT_MODEL,
         messages=[{"role": "user", "content": prompt}],
@@ -69,8 +75,9 @@ async def one_request(
             first = time.perf_counter() - start
         if chunk.usage is not None:
             tokens = chunk.usage.completion_tokens
+        report = (chunk.model_extra or {}).get("guard") or report
     latency = time.perf_counter() - start
-    return first or latency, latency, tokens
+    return first or latency, latency, tokens, report
 
 
 async def measure(
@@ -78,7 +85,7 @@ async def measure(
 ) -> Row:
     """Run `rounds` waves of `concurrency` simultaneous requests."""
     client = AsyncOpenAI(base_url=base_url, api_key="unused", timeout=600)
-    results: list[tuple[float, float, int]] = []
+    results: list[tuple[float, float, int, dict | None]] = []
     start = time.perf_counter()
     for wave in range(rounds):
         batch = [
@@ -101,7 +108,25 @@ async def measure(
         ttft_p50_s=round(statistics.median(r[0] for r in results), 3),
         latency_p50_s=round(statistics.median(latencies), 3),
         latency_p95_s=round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 3),
+        **guard_breakdown([r[3] for r in results if r[3]]),
     )
+
+
+def guard_breakdown(reports: list[dict]) -> dict[str, float]:
+    """Mean first-segment length and stage times of guarded requests (empty for plain ones)."""
+    if not reports:
+        return {}
+
+    def mean(values: list[float]) -> float:
+        return round(statistics.mean(values), 3)
+
+    segments = [r["segments"][0]["text"] for r in reports if r.get("segments")]
+    return {
+        "first_segment_words": mean([len(text.split()) for text in segments] or [0]),
+        "guard_token_s": mean([r["timings"]["token_s"] for r in reports]),
+        "guard_segment_s": mean([r["timings"]["segment_s"] for r in reports]),
+        "guard_refinement_s": mean([r["timings"]["refinement_s"] for r in reports]),
+    }
 
 
 def run_engine(args: argparse.Namespace, engine: str) -> list[Row]:
@@ -132,6 +157,7 @@ def ratios(rows: list[Row]) -> list[str]:
         ("torch plain / vllm plain", ("torch", "plain"), ("vllm", "plain")),
         ("torch guard / vllm plain", ("torch", "guard"), ("vllm", "plain")),
         ("torch guard / torch plain", ("torch", "guard"), ("torch", "plain")),
+        ("torch guard-clause / vllm plain", ("torch", "guard-clause"), ("vllm", "plain")),
     ]
     lines = []
     for concurrency in sorted({r.concurrency for r in rows}):
@@ -140,7 +166,7 @@ def ratios(rows: list[Row]) -> list[str]:
             if a is None or b is None or not b.tokens_per_s or not b.ttft_p50_s:
                 continue
             lines.append(
-                f"conc {concurrency:>3}  {label:26} tokens/s {a.tokens_per_s / b.tokens_per_s:5.2f}"
+                f"conc {concurrency:>3}  {label:32} tokens/s {a.tokens_per_s / b.tokens_per_s:5.2f}"
                 f"  ttft50 {a.ttft_p50_s / b.ttft_p50_s:5.2f}"
             )
     return lines
@@ -148,12 +174,18 @@ def ratios(rows: list[Row]) -> list[str]:
 
 def print_table(rows: list[Row]) -> None:
     """Side-by-side table of every cell, then the throughput and TTFT ratios."""
-    header = f"{'engine':6} {'mode':5} {'conc':>4} {'req':>4} {'tok/s':>7} {'ttft50':>7}"
-    print(f"\n{header} {'lat50':>7} {'lat95':>7}")
+    header = f"{'engine':6} {'mode':12} {'conc':>4} {'req':>4} {'tok/s':>7} {'ttft50':>7}"
+    print(f"\n{header} {'lat50':>7} {'lat95':>7} {'seg1 words':>10} {'token/seg/refine s':>20}")
     for r in rows:
+        stages = (
+            f"{r.guard_token_s}/{r.guard_segment_s}/{r.guard_refinement_s}"
+            if r.guard_token_s is not None
+            else ""
+        )
         print(
-            f"{r.engine:6} {r.mode:5} {r.concurrency:>4} {r.requests:>4} {r.tokens_per_s:>7}"
+            f"{r.engine:6} {r.mode:12} {r.concurrency:>4} {r.requests:>4} {r.tokens_per_s:>7}"
             f" {r.ttft_p50_s:>7} {r.latency_p50_s:>7} {r.latency_p95_s:>7}"
+            f" {r.first_segment_words or '':>10} {stages:>20}"
         )
     print()
     for line in ratios(rows):
