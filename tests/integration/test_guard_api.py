@@ -11,15 +11,20 @@ import pytest
 from live_server import MODEL, Server, user
 from openai.types.chat import ChatCompletion
 
+from guard.probe import PROBES_DIR, GuardAssets
+
 pytestmark = pytest.mark.integration
 
 QUESTION = user("What is the capital of France? Answer in one sentence.")
 GROUNDED = user(
     "Acme reported revenue of $12.4 billion in 2024. Jane Park is the CEO. Who is the CEO of Acme?"
 )
-# Segment weights alpha, beta, gamma and thresholds at their documented defaults (REFERENCE.md).
+# Segment weights alpha, beta, gamma at their documented defaults (REFERENCE.md); segment
+# thresholds as the default model's calibration sets them (guarded requests start there).
 WEIGHTS = (0.5, 0.3, 0.2)
-TAU_LOW, TAU_HIGH = 0.55, 0.75
+CALIBRATION = GuardAssets.load(PROBES_DIR / MODEL).calibration
+assert CALIBRATION is not None
+TAU_LOW, TAU_HIGH = CALIBRATION.tau_low, CALIBRATION.tau_high
 REFUSE = {"tau_global": 1.0, "m_max": 0, "on_failure": "refuse"}
 TRUNCATE = {"tau_low": 0.99, "tau_high": 0.99, "n_max": 0, "on_failure": "truncate"}
 MARKER = "Unsure from here"
@@ -29,6 +34,7 @@ SEGMENT_KEYS = {
     "consistency",
     "alignment",
     "evidence",
+    "probe_risk",
     "total",
     "status",
     "refinements",
