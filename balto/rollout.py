@@ -21,23 +21,8 @@ from engine.llm_engine import LLMEngine
 from engine.model_runner import ModelRunner
 from engine.sampling import SamplingParams
 from engine.sequence import Sequence
-from evals.prompts import grounded_messages
 from verify.token_labels import token_labels
 from verify.verifier import Verifier
-
-
-def grounded_prompt_ids(
-    tokenizer: PreTrainedTokenizerBase, knowledge: str, question: str
-) -> list[int]:
-    """Token ids of the grounded prompt in the tokenizer's chat template, ready for a reply.
-
-    The messages come from evals.prompts, the one prompt builder shared by training, the
-    comparison benchmark and the evaluation harness.
-    """
-    text = tokenizer.apply_chat_template(
-        grounded_messages(knowledge, question), add_generation_prompt=True, tokenize=False
-    )
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 @dataclass(frozen=True)

@@ -34,13 +34,13 @@ from balto.rollout import (
     Prompt,
     RolloutGroup,
     VerifierLabeller,
-    grounded_prompt_ids,
     group_tensors,
     label_groups,
     sample_groups,
 )
 from engine.model_runner import ModelRunner, pick_device
 from engine.sampling import SamplingParams
+from evals.prompts import grounded_prompt_ids
 
 LOG_FILE = "train_log.jsonl"
 SUMMARY_FILE = "training.json"

@@ -35,12 +35,13 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from balto.config import DEV_LAST_LINE
-from balto.rollout import Prompt, grounded_prompt_ids, sample_groups
+from balto.rollout import Prompt, sample_groups
 from balto.trainer import LOG_FILE, SUMMARY_FILE
 from engine.model_runner import ModelRunner
 from engine.model_store import BASE_MODEL, resolve_model
 from engine.sampling import SamplingParams
 from evals.halueval import HaluEvalItem, load_halueval
+from evals.prompts import grounded_prompt_ids
 from verify.verifier import Verifier
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")

@@ -21,12 +21,11 @@ from engine.model_runner import ModelRunner
 from engine.sampling import SamplingParams
 from evals.halueval import HaluEvalItem, load_halueval
 from evals.metrics import gold_in_answer
-from evals.prompts import grounded_messages
+from evals.prompts import grounded_messages, grounded_prompt_ids
 from guard.calibration import GuardCalibration, SettingResult, calibrate, threshold_for_budget
 from guard.config import GuardConfig, SegmentEvidence
 from guard.guarded_sequence import GuardedSequence
 from guard.probe import HallucinationProbe
-from guard.probe_fit import prompt_ids
 from guard.report import GuardReport
 from verify.verifier import Verifier, VerifierConfig
 
@@ -88,7 +87,7 @@ def decode_guarded(
 
         seq = GuardedSequence(
             str(item.line),
-            prompt_ids(tokenizer, item),
+            grounded_prompt_ids(tokenizer, item.knowledge, item.question),
             params,
             tokenizer,
             eos,

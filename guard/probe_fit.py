@@ -25,7 +25,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from engine.model_runner import ModelRunner
 from evals.halueval import HaluEvalItem, load_halueval
 from evals.metrics import gold_in_answer
-from evals.prompts import grounded_messages
+from evals.prompts import grounded_prompt_ids
 from guard.probe import HallucinationProbe, ProbeFit
 
 logger = logging.getLogger(__name__)
@@ -44,14 +44,6 @@ class AnswerStates:
     correct: bool
     states: dict[int, np.ndarray]
     baselines: dict[str, np.ndarray]
-
-
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, item: HaluEvalItem) -> list[int]:
-    """The grounded prompt of an item in the chat template, ready for the answer."""
-    text = tokenizer.apply_chat_template(
-        grounded_messages(item.knowledge, item.question), add_generation_prompt=True, tokenize=False
-    )
-    return list(tokenizer(text, add_special_tokens=False).input_ids)
 
 
 @torch.inference_mode()
@@ -170,7 +162,7 @@ def answer_batch(
     max_tokens: int,
 ) -> list[AnswerStates]:
     """Answer a batch of items greedily; the states and baselines of each non-empty answer."""
-    prompts = [prompt_ids(tokenizer, item) for item in items]
+    prompts = [grounded_prompt_ids(tokenizer, i.knowledge, i.question) for i in items]
     answers = greedy_answers(runner, tokenizer, prompts, max_tokens)
     records = []
     for item, prompt, answer in zip(items, prompts, answers, strict=True):
