@@ -76,6 +76,18 @@ class TrainConfig(BaseModel):
         default_factory=lambda: ["q_proj", "v_proj"], description="Modules LoRA adapts."
     )
 
+    rollout_engine: Literal["compact", "transformers"] = Field(
+        "compact",
+        description="compact: sample on a frozen copy synced each step (engine.llama); "
+        "transformers: on the trained model itself.",
+    )
+    label_workers: int = Field(
+        0, ge=0, description="Processes that run the verifier labeller; 0: in this process."
+    )
+    max_seconds: float | None = Field(
+        None, gt=0.0, description="Stop after the step that passes this many seconds, then save."
+    )
+
     seed: int = Field(0, description="Seed of sampling and initialisation.")
     device: str = Field("auto", description="auto, cpu or cuda:N; training runs in float32.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch default.")

@@ -10,7 +10,9 @@ that ended with an end-of-sequence token keeps it as its last, neutral token.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Sequence as SequenceOf
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -66,6 +68,47 @@ class VerifierLabeller:
             verification.n_supported,
             len(verification.verdicts),
         )
+
+
+_worker_labeller: VerifierLabeller | None = None
+
+
+def _start_worker() -> None:
+    """Pool initializer: one verifier (spaCy and the embedding model) per worker process, on
+    one thread (the workers already fill the cores)."""
+    global _worker_labeller
+    torch.set_num_threads(1)
+    _worker_labeller = VerifierLabeller()
+
+
+def _label_in_worker(response: str, context: str, offsets: list[tuple[int, int]]) -> ResponseLabels:
+    assert _worker_labeller is not None, "pool worker started without its verifier"
+    return _worker_labeller(response, context, offsets)
+
+
+class PoolLabeller:
+    """The verifier labeller in ``workers`` processes; `label_many` labels a step's responses
+    in parallel (the verifier is CPU-bound Python, so threads would not help)."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker
+        )
+
+    def __call__(
+        self, response: str, context: str, offsets: list[tuple[int, int]]
+    ) -> ResponseLabels:
+        return self.pool.submit(_label_in_worker, response, context, offsets).result()
+
+    def label_many(
+        self, requests: SequenceOf[tuple[str, str, list[tuple[int, int]]]]
+    ) -> list[ResponseLabels]:
+        """Labels of many (response, context, offsets) requests, in their order."""
+        return list(self.pool.map(_label_in_worker, *zip(*requests, strict=True), chunksize=2))
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        self.pool.shutdown(cancel_futures=True)
 
 
 @dataclass(frozen=True)
@@ -169,10 +212,19 @@ def sample_groups(
     return groups
 
 
-def label_response(
-    seq: Sequence, tokenizer: PreTrainedTokenizerBase, context: str, labeller: Labeller
-) -> Rollout:
-    """Decode a finished sequence, re-tokenize the text with offsets and label its tokens."""
+@dataclass(frozen=True)
+class _Decoded:
+    """A finished sequence as the labeller sees it: text, training ids and their offsets."""
+
+    text: str
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+    retokenized: bool
+    finish_reason: str | None
+
+
+def _decode(seq: Sequence, tokenizer: PreTrainedTokenizerBase) -> _Decoded:
+    """Decode a finished sequence and re-tokenize the text with offsets."""
     text = tokenizer.decode(seq.output_ids, skip_special_tokens=True)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoding["input_ids"])
@@ -183,17 +235,20 @@ def label_response(
         offsets.append((len(text), len(text)))
     if not ids:  # nothing sampled and no end token: keep one neutral end token to train on
         ids, offsets = [tokenizer.eos_token_id], [(0, 0)]
-    verdict = labeller(text, context, offsets)
-    if len(verdict.token_labels) != len(ids):
+    return _Decoded(text, ids, offsets, retokenized, seq.finish_reason)
+
+
+def _rollout(decoded: _Decoded, verdict: ResponseLabels) -> Rollout:
+    if len(verdict.token_labels) != len(decoded.ids):
         raise ValueError("labeller returned a label count that differs from the token count")
     return Rollout(
-        text=text,
-        response_ids=ids,
+        text=decoded.text,
+        response_ids=decoded.ids,
         labels=list(verdict.token_labels),
         n_supported=verdict.n_supported,
         n_claims=verdict.n_claims,
-        finish_reason=seq.finish_reason,
-        retokenized=retokenized,
+        finish_reason=decoded.finish_reason,
+        retokenized=decoded.retokenized,
     )
 
 
@@ -203,13 +258,21 @@ def label_groups(
     tokenizer: PreTrainedTokenizerBase,
     labeller: Labeller,
 ) -> list[RolloutGroup]:
-    """Label every sampled response against its prompt's context."""
+    """Label every sampled response against its prompt's context (in parallel for a
+    `PoolLabeller`)."""
+    decoded = [[_decode(seq, tokenizer) for seq in group] for group in sampled]
+    requests = [
+        (d.text, prompt.context, d.offsets)
+        for prompt, group in zip(prompts, decoded, strict=True)
+        for d in group
+    ]
+    if isinstance(labeller, PoolLabeller):
+        verdicts = iter(labeller.label_many(requests))
+    else:
+        verdicts = iter([labeller(*request) for request in requests])
     return [
-        RolloutGroup(
-            prompt=prompt,
-            responses=[label_response(seq, tokenizer, prompt.context, labeller) for seq in group],
-        )
-        for prompt, group in zip(prompts, sampled, strict=True)
+        RolloutGroup(prompt=prompt, responses=[_rollout(d, next(verdicts)) for d in group])
+        for prompt, group in zip(prompts, decoded, strict=True)
     ]
 
 

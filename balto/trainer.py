@@ -31,6 +31,7 @@ from balto.loss import clipped_surrogate_loss, kl_to_reference, sequence_logprob
 from balto.rollout import (
     GroupTensors,
     Labeller,
+    PoolLabeller,
     Prompt,
     RolloutGroup,
     VerifierLabeller,
@@ -38,6 +39,7 @@ from balto.rollout import (
     label_groups,
     sample_groups,
 )
+from balto.rollout_policy import RolloutPolicy
 from engine.model_runner import ModelRunner, pick_device
 from engine.sampling import SamplingParams
 from evals.prompts import grounded_prompt_ids
@@ -147,6 +149,14 @@ class BaltoTrainer:
         self.labeller = labeller
         self.log_path = log_path
         self.lm = model.float().to(pick_device(config.device))
+        max_model_len = max(len(p.ids) for p in self.prompts) + config.max_new_tokens
+        slots = config.prompts_per_step * config.group_size
+        # The rollout copy is taken before peft wraps the model's linears.
+        self.rollout_policy = (
+            RolloutPolicy(self.lm, num_slots=slots, max_model_len=max_model_len, native=True)
+            if config.rollout_engine == "compact"
+            else None
+        )
         self.peft: PeftModel | None = None
         self.reference: PreTrainedModel | None = None
         if config.full:
@@ -164,11 +174,12 @@ class BaltoTrainer:
         self.optimizer = torch.optim.AdamW(
             self.trainable, lr=config.lr, weight_decay=config.weight_decay
         )
-        self.runner = ModelRunner(
-            self.lm,
-            num_slots=config.prompts_per_step * config.group_size,
-            max_model_len=max(len(p.ids) for p in self.prompts) + config.max_new_tokens,
-            max_candidates=1,
+        self.runner = (
+            self.rollout_policy.runner
+            if self.rollout_policy is not None
+            else ModelRunner(
+                self.lm, num_slots=slots, max_model_len=max_model_len, max_candidates=1
+            )
         )
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.step_index = 0
@@ -205,6 +216,8 @@ class BaltoTrainer:
         config = self.config
         start = time.perf_counter()
         self.lm.eval()
+        if self.rollout_policy is not None:
+            self.rollout_policy.refresh(self.lm)
         params = SamplingParams(
             max_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p
         )
@@ -332,14 +345,18 @@ class BaltoTrainer:
         return log
 
     def train(self) -> list[StepLog]:
-        """Run ``config.steps`` steps with a tqdm progress bar."""
+        """Run ``config.steps`` steps with a tqdm progress bar, or fewer where the step that
+        passes ``config.max_seconds`` ends the run."""
         logs = []
         label = f"balto[{self.config.advantage}]"
         bar = tqdm(range(self.config.steps), desc=label, file=sys.stderr)
+        start = time.perf_counter()
         for _ in bar:
             log = self.step()
             logs.append(log)
             bar.set_postfix(reward=f"{log.reward:.3f}", faithful=f"{log.faithful:.2f}")
+            if self.config.max_seconds and time.perf_counter() - start >= self.config.max_seconds:
+                break
         return logs
 
     def save(self, out_dir: Path, base_model: str) -> None:
@@ -386,11 +403,16 @@ def run_training(config: TrainConfig, labeller: Labeller | None = None, command:
     config.out.mkdir(parents=True, exist_ok=True)
     log_path = config.out / LOG_FILE
     log_path.unlink(missing_ok=True)
-    trainer = BaltoTrainer(
-        config, model, tokenizer, prompts, labeller or VerifierLabeller(), log_path
-    )
+    if labeller is None and config.label_workers:
+        labeller = PoolLabeller(config.label_workers)
+    labeller = labeller or VerifierLabeller()
+    trainer = BaltoTrainer(config, model, tokenizer, prompts, labeller, log_path)
     start = time.perf_counter()
-    trainer.train()
+    try:
+        logs = trainer.train()
+    finally:
+        if isinstance(labeller, PoolLabeller):
+            labeller.close()
     seconds = time.perf_counter() - start
     trainer.save(config.out, base_name if config.model is None else str(model_path))
     summary = {
@@ -404,8 +426,11 @@ def run_training(config: TrainConfig, labeller: Labeller | None = None, command:
             "skipped_long_prompts": skipped,
             "lines_trained": sorted({int(k) for k in trainer.used_keys}),
         },
-        "steps": config.steps,
+        "steps": len(logs),
+        "updates": sum(log.updates for log in logs),
         "seconds": round(seconds, 1),
+        "device": str(trainer.runner.device),
+        "rollout_forward": trainer.runner.backend,
         "torch_threads": torch.get_num_threads(),
         "versions": {"torch": torch.__version__, "peft": version("peft")},
     }

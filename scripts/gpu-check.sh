@@ -16,23 +16,10 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 wheels=${GUARDSERVE_WHEELS:-scripts/wheels}
 
-missing=$("$python" - <<'PY'
-import importlib.util
-
-needed = {"pydantic": "pydantic", "prometheus_client": "prometheus-client",
-          "numpy": "numpy", "sklearn": "scikit-learn", "torch": "torch",
-          "transformers": "transformers"}
-print(" ".join(pip for mod, pip in needed.items() if importlib.util.find_spec(mod) is None))
-PY
-)
-if [[ -n "$missing" ]]; then
-  if [[ ! -d "$wheels" ]]; then
-    echo "missing Python packages: $missing (no wheel folder at $wheels)" >&2
-    exit 1
-  fi
-  echo "installing from $wheels: $missing"
-  "$python" -m pip install --no-index --find-links "$wheels" $missing
-fi
+# shellcheck source=scripts/offline-deps.sh
+source scripts/offline-deps.sh
+ensure_modules "$python" "$wheels" pydantic=pydantic prometheus_client=prometheus-client \
+  numpy=numpy sklearn=scikit-learn torch=torch transformers=transformers
 
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv

@@ -14,7 +14,15 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from balto.cli import train_config
 from balto.config import TrainConfig
 from balto.export import export_adapter
-from balto.rollout import Prompt, ResponseLabels, collect_rollouts, group_tensors
+from balto.rollout import (
+    PoolLabeller,
+    Prompt,
+    ResponseLabels,
+    VerifierLabeller,
+    collect_rollouts,
+    group_tensors,
+)
+from balto.rollout_policy import RolloutPolicy
 from balto.trainer import BaltoTrainer, StepLog, group_logprobs
 from engine.model_runner import ModelRunner
 from engine.model_store import MARKER_FILE, adapter_digest, prepare_balto
@@ -255,3 +263,61 @@ def test_config_refuses_release_lines() -> None:
         TrainConfig(first_line=7990, limit=20)
     with pytest.raises(ValidationError):
         TrainConfig(prompts_per_step=4, mini_batch_prompts=3)
+
+
+def test_rollout_copy_follows_the_lora_policy_and_the_full_policy() -> None:
+    model = build_tiny_llama()
+    policy = RolloutPolicy(model, num_slots=1, max_model_len=16, native=True)
+    assert policy.runner.backend == "compact"
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    prompt = [5, 17, 33, 9]
+    with torch.no_grad():
+        expected = peft_model(torch.tensor([prompt])).logits[0, -1]
+    assert policy.refresh(peft_model) == model.config.num_hidden_layers  # one q_proj each
+    got = policy.runner.extend([0], [prompt]).logits[0]
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+    full = build_tiny_llama()
+    with torch.no_grad():
+        full.model.layers[1].mlp.up_proj.weight.mul_(3.0)
+        expected = full(torch.tensor([prompt])).logits[0, -1]
+    policy.refresh(full)
+    policy.runner.truncate(0, 0)
+    torch.testing.assert_close(
+        policy.runner.extend([0], [prompt]).logits[0], expected, atol=1e-4, rtol=0
+    )
+
+
+def test_both_rollout_forwards_train_and_max_seconds_ends_the_run(tmp_path: Path) -> None:
+    for engine in ("compact", "transformers"):
+        config = tiny_config(tmp_path, steps=5, max_seconds=1e-3, rollout_engine=engine)
+        trainer = BaltoTrainer(
+            config, build_tiny_llama(), build_tiny_tokenizer(), PROMPTS, WordLabeller()
+        )
+        logs = trainer.train()
+        assert len(logs) == 1  # the first step passes the budget
+        assert logs[0].updates == 2
+        assert trainer.runner.backend == engine
+
+
+def test_pool_labeller_matches_the_in_process_verifier() -> None:
+    tokenizer = build_tiny_tokenizer()
+    context = "Acme reported revenue of $12.4 billion in 2024. Jane Park is the CEO of Acme."
+    responses = ["Acme reported revenue of $12.4 billion.", "Jane Park earned $9 billion in 1999."]
+    requests = []
+    for text in responses:
+        encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        requests.append((text, context, [tuple(s) for s in encoding["offset_mapping"]]))
+    pool = PoolLabeller(2)
+    try:
+        got = pool.label_many(requests)
+    finally:
+        pool.close()
+    expected = [VerifierLabeller()(*request) for request in requests]
+    assert got == expected
+    assert got[0].n_supported == got[0].n_claims > 0
+    assert got[1].n_supported < got[1].n_claims
