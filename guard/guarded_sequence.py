@@ -140,7 +140,7 @@ class GuardedSequence(Sequence):
     def on_prefill(self, logits: torch.Tensor, prompt_state: torch.Tensor) -> None:
         """Anchor h_x = mean prompt state (Eq. 4) and the first position's candidates."""
         super().on_prefill(logits, prompt_state)
-        self._h_x = prompt_state.float()
+        self._h_x = prompt_state.float().cpu()  # the guard's arithmetic runs on the CPU
         self._chain_mean = (self._h_x, 1)
         self._first_options = self._next = self._shortlist(logits)
         self._open_segment()
@@ -158,6 +158,7 @@ class GuardedSequence(Sequence):
         """Score the candidates from their states (Eq. 5-6) and keep the best one (Eq. 7)."""
         tokens, probs = self._proposed
         segment = self._segment
+        hidden = hidden.cpu()  # the guard's arithmetic runs on the CPU, wherever the model is
         risks = None if self.risk is None or probe is None else self.risk(probe)
         if risks is None:
             f = scoring.token_scores(hidden.float(), segment.mean, probs, self.config.lam)
@@ -252,7 +253,7 @@ class GuardedSequence(Sequence):
             ),
             representation=score.representation,
             score_norm=score.score_norm,
-            mean_embedding=self.embed(ids).mean(0),
+            mean_embedding=self.embed(ids).mean(0).cpu(),
         )
         self.report.segments.append(closed.report)
         if status == "discarded":
@@ -421,7 +422,7 @@ class GuardedSequence(Sequence):
 
     def _shortlist(self, logits: torch.Tensor) -> Shortlist:
         size = self.config.num_candidates + self.config.n_max + 1
-        return Shortlist.from_logits(logits, size, self.config.score_temperature)
+        return Shortlist.from_logits(logits.cpu(), size, self.config.score_temperature)
 
     def _chain_tokens(self) -> int:
         return sum(len(s.token_ids) for s in self.chain)
