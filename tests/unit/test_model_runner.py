@@ -127,6 +127,18 @@ def test_rollback_and_slot_reuse(tiny_llama: LlamaForCausalLM, native: bool) -> 
     torch.testing.assert_close(reused.logits[0], expected, atol=1e-4, rtol=1e-4)
 
 
+def test_short_row_near_the_length_cap_beside_a_wide_one(
+    tiny_llama: LlamaForCausalLM, native: bool
+) -> None:
+    # Slot 0 ends at the cap; its padding beside slot 1's six tokens would run past it.
+    runner = ModelRunner(tiny_llama, num_slots=2, max_model_len=10, max_candidates=1, native=native)
+    runner.extend([0], [[1, 2, 3, 4, 5, 6, 7, 8]])
+    out = runner.extend([0, 1], [[9, 10], [11, 12, 13, 14, 15, 16]])
+    for row, ids in enumerate(([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16])):
+        expected, _ = full_forward(tiny_llama, ids)
+        torch.testing.assert_close(out.logits[row], expected, atol=1e-4, rtol=1e-4)
+
+
 def test_prompt_anchor_is_mean_penultimate_state(
     tiny_llama: LlamaForCausalLM, native: bool
 ) -> None:
