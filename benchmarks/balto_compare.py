@@ -1,78 +1,77 @@
 """Base vs GRPO_D- vs BALTO-trained adapters on held-out HaluEval dev prompts, greedy decoding.
 
-Every model answers the same grounded prompts (balto.rollout / evals.prompts) with greedy
-decoding, batched in one LLMEngine run. Each response's claims are verified against the item's
-knowledge (verify.verifier), as in seed 003, App. E.2:
+Every model answers the same grounded prompts (evals.prompts) with greedy decoding, batched in
+one engine run per model. Two judges, as in evals.report:
 
-- Faith.  share of responses without an unsupported claim;
-- Info.   share of responses with at least as many claims as the base model's response;
-- Q       Faith. x Info.;
-- EM, F1  against `right_answer` after SQuAD-style normalisation (lowercase, punctuation and
-          the articles a/an/the removed, whitespace collapsed); F1 over normalised words;
-- Hit     share of responses whose normalised text contains the normalised right answer.
+- gold in answer   the normalised gold answer occurs in the response (evals.metrics);
+- verifier         each response's claims are checked against the item's knowledge
+                   (verify.verifier): hallucination = share of responses with at least one
+                   unsupported claim, Faith. = 1 - that, Info. = share with at least as many
+                   claims as the base model's response, Q-Score = Faith. x Info. (BALTO, App. E.2).
 
-Gradient-norm statistics (mean, std, max over training steps that made an update, before
-clipping) come from each adapter's train_log.jsonl, as in the paper's Figure 4. The evaluation
+Every figure comes with a 95% percentile-bootstrap interval over the items (2000 resamples,
+seeded; the same resampled indices for every model). Each adapter is also compared with the
+base model item by item (paired resampling): the difference in gold in answer and in verifier
+hallucination, and the ratio of its hallucination to the base model's. Gradient-norm figures of
+each adapter's training come from its train_log.jsonl (benchmarks.balto_curves). The evaluation
 lines must not overlap the lines an adapter was trained on (checked); only dev lines are used.
 
     python -m benchmarks.balto_compare --adapter grpo_d=runs/grpo_d \\
-        --adapter balto=balto/checkpoints/smollm2-135m-balto --first-line 4001 --limit 200
+        --adapter balto=balto/checkpoints/smollm2-135m-balto --first-line 4001 --limit 400
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
-import statistics
-import string
+import math
 import time
-from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import torch
 from peft import PeftModel
+from pydantic import BaseModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from balto.config import DEV_LAST_LINE
 from balto.rollout import Prompt, sample_groups
 from balto.trainer import LOG_FILE, SUMMARY_FILE
-from engine.model_runner import ModelRunner
+from benchmarks.balto_curves import GradNormSummary, grad_norm_summary, read_log, summary_table
+from engine.model_runner import ModelRunner, pick_device
 from engine.model_store import BASE_MODEL, resolve_model
 from engine.sampling import SamplingParams
+from evals import metrics
 from evals.halueval import HaluEvalItem, load_halueval
 from evals.prompts import grounded_prompt_ids
 from verify.verifier import Verifier
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = str.maketrans("", "", string.punctuation)
+JUDGED_BY = {
+    "gold_in_answer": "gold: normalised gold answer in the response (word-bounded)",
+    "verifier_hallucination": "verifier: share of responses with >= 1 unsupported claim",
+    "faith": "verifier: share of responses without an unsupported claim",
+    "info": "claim count (verifier's extractor) >= the base model's on the same item",
+    "q_score": "verifier: Faith. x Info.",
+    "em": "gold: exact match",
+    "f1": "gold: token F1",
+    "claims": "claims per response (verifier's extractor)",
+    "words": "words per response (whitespace split)",
+    "tokens": "generated tokens per response (end-of-sequence not counted)",
+}
 
 
-def normalize_answer(text: str) -> str:
-    """Lowercase, drop punctuation and the articles a/an/the, collapse whitespace (SQuAD)."""
-    text = _ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION))
-    return " ".join(text.split())
+class ItemRow(BaseModel):
+    """One model's response to one item and how each judge scored it."""
 
-
-def exact_match(prediction: str, gold: str) -> float:
-    """1.0 when the normalised texts are equal."""
-    return float(normalize_answer(prediction) == normalize_answer(gold))
-
-
-def f1_score(prediction: str, gold: str) -> float:
-    """Word-overlap F1 of the normalised texts."""
-    predicted, expected = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    common = sum((Counter(predicted) & Counter(expected)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(predicted), common / len(expected)
-    return 2 * precision * recall / (precision + recall)
-
-
-def contains_answer(prediction: str, gold: str) -> float:
-    """1.0 when the normalised right answer occurs in the normalised response (word-bounded)."""
-    answer = normalize_answer(gold)
-    return float(bool(answer) and f" {answer} " in f" {normalize_answer(prediction)} ")
+    line: int
+    response: str
+    tokens: int
+    words: int
+    claims: int
+    unsupported: int
+    gold_in_answer: bool
+    em: float
+    f1: float
 
 
 def parse_args() -> argparse.Namespace:
@@ -82,9 +81,12 @@ def parse_args() -> argparse.Namespace:
         "--adapter", action="append", default=[], metavar="NAME=DIR", help="adapter to compare"
     )
     parser.add_argument("--first-line", type=int, default=4001)
-    parser.add_argument("--limit", type=int, default=200)
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--limit", type=int, default=400)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32, help="sequences decoded together")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--resamples", type=int, default=metrics.BOOTSTRAP_RESAMPLES)
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/balto_compare"))
@@ -98,19 +100,6 @@ def trained_lines(adapter_dir: Path) -> set[int]:
     return set(range(first, last + 1))
 
 
-def grad_norm_stats(adapter_dir: Path) -> dict[str, float]:
-    """Mean, std and max of the per-step gradient norms (steps with an update), and the count."""
-    logs = [json.loads(line) for line in (adapter_dir / LOG_FILE).read_text().splitlines()]
-    norms = [log["grad_norm"] for log in logs if log["updates"] > 0]
-    return {
-        "grad_norm_mean": statistics.fmean(norms) if norms else 0.0,
-        "grad_norm_std": statistics.pstdev(norms) if norms else 0.0,
-        "grad_norm_max": max(norms, default=0.0),
-        "steps_with_update": len(norms),
-        "steps": len(logs),
-    }
-
-
 def generate(
     model_dir: Path,
     adapter_dir: Path | None,
@@ -118,13 +107,15 @@ def generate(
     prompts: list[Prompt],
     max_new_tokens: int,
     batch: int,
-) -> list[str]:
-    """Greedy responses of the base model (with the adapter merged in, if one is given)."""
+    device: str,
+) -> list[tuple[str, int]]:
+    """Greedy responses (text, generated tokens) of the base model, the adapter merged in."""
     model = AutoModelForCausalLM.from_pretrained(
         str(model_dir), dtype=torch.float32, attn_implementation="sdpa"
     )
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    model = model.to(pick_device(device)).requires_grad_(False)
     runner = ModelRunner(
         model,
         num_slots=batch,
@@ -133,67 +124,128 @@ def generate(
     )
     params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0)
     groups = sample_groups(runner, tokenizer, prompts, params, group_size=1, seed=0)
-    return [tokenizer.decode(g[0].output_ids, skip_special_tokens=True).strip() for g in groups]
+    return [
+        (tokenizer.decode(g[0].output_ids, skip_special_tokens=True).strip(), len(g[0].output_ids))
+        for g in groups
+    ]
 
 
 def score(
-    items: list[HaluEvalItem], responses: list[str], verifier: Verifier
-) -> list[dict[str, object]]:
-    """Per-item verdict counts and answer matches of one model's responses."""
+    items: list[HaluEvalItem], outputs: list[tuple[str, int]], verifier: Verifier
+) -> list[ItemRow]:
+    """Verdict counts and gold-answer matches of one model's responses, item by item."""
     rows = []
-    for item, response in zip(items, responses, strict=True):
+    for item, (response, tokens) in zip(items, outputs, strict=True):
         verification = verifier.verify(response, item.knowledge)
         rows.append(
-            {
-                "line": item.line,
-                "response": response,
-                "claims": len(verification.verdicts),
-                "unsupported": verification.n_unsupported,
-                "em": exact_match(response, item.right_answer),
-                "f1": f1_score(response, item.right_answer),
-                "hit": contains_answer(response, item.right_answer),
-            }
+            ItemRow(
+                line=item.line,
+                response=response,
+                tokens=tokens,
+                words=len(response.split()),
+                claims=len(verification.verdicts),
+                unsupported=verification.n_unsupported,
+                gold_in_answer=metrics.gold_in_answer(response, item.right_answer),
+                em=metrics.exact_match(response, item.right_answer),
+                f1=metrics.f1_score(response, item.right_answer),
+            )
         )
     return rows
 
 
-def summarize(rows: list[dict[str, object]], base_rows: list[dict[str, object]]) -> dict:
-    """Faith., Info. (against the base model's claim counts), Q-Score, EM, F1, Hit."""
-    n = len(rows)
-    faith = sum(r["unsupported"] == 0 for r in rows) / n
-    info = sum(r["claims"] >= b["claims"] for r, b in zip(rows, base_rows, strict=True)) / n
-    return {
-        "faith": faith,
-        "info": info,
-        "q_score": faith * info,
-        "em": sum(r["em"] for r in rows) / n,
-        "f1": sum(r["f1"] for r in rows) / n,
-        "hit": sum(r["hit"] for r in rows) / n,
-        "claims": sum(r["claims"] for r in rows) / n,
-        "words": sum(len(str(r["response"]).split()) for r in rows) / n,
+def _interval(interval: metrics.Interval | None) -> dict[str, float | None] | None:
+    """An interval for JSON: non-finite bounds (a ratio over a zero base share) become None."""
+    if interval is None:
+        return None
+    return {k: v if math.isfinite(v) else None for k, v in interval._asdict().items()}
+
+
+def _flags(rows: list[ItemRow]) -> tuple[list[float], list[float]]:
+    """Per item: gold answer in the response, and at least one unsupported claim (as 1.0/0.0)."""
+    return [float(r.gold_in_answer) for r in rows], [float(r.unsupported > 0) for r in rows]
+
+
+def figures(
+    rows: list[ItemRow], base_rows: list[ItemRow], resamples: int, seed: int
+) -> dict[str, dict[str, float | None] | None]:
+    """Every figure of one model with its bootstrap interval (Info. against `base_rows`)."""
+    single = partial(metrics.bootstrap_interval, n_resamples=resamples, seed=seed)
+    gold, hallucinated = _flags(rows)
+    faithful = [1.0 - h for h in hallucinated]
+    informative = [float(r.claims >= b.claims) for r, b in zip(rows, base_rows, strict=True)]
+    q_score = metrics.paired_bootstrap_interval(
+        faithful, informative, metrics.mean_product, n_resamples=resamples, seed=seed
+    )
+    intervals = {
+        "gold_in_answer": single(gold),
+        "verifier_hallucination": single(hallucinated),
+        "faith": single(faithful),
+        "info": single(informative),
+        "q_score": q_score,
+        "em": single([r.em for r in rows]),
+        "f1": single([r.f1 for r in rows]),
+        "claims": single([r.claims for r in rows]),
+        "words": single([r.words for r in rows]),
+        "tokens": single([r.tokens for r in rows]),
     }
+    return {k: _interval(v) for k, v in intervals.items()}
+
+
+def versus_base(
+    rows: list[ItemRow], base_rows: list[ItemRow], resamples: int, seed: int
+) -> dict[str, dict[str, float | None] | None]:
+    """Paired comparisons with the base model: differences in gold in answer and verifier
+    hallucination, and the hallucination ratio (None when the base model never hallucinated).
+    """
+    paired = partial(metrics.paired_bootstrap_interval, n_resamples=resamples, seed=seed)
+    gold, hallucinated = _flags(rows)
+    base_gold, base_hallucinated = _flags(base_rows)
+    ratio = None
+    if any(base_hallucinated):
+        ratio = paired(hallucinated, base_hallucinated, metrics.mean_ratio)
+    intervals = {
+        "gold_in_answer_difference": paired(gold, base_gold),
+        "verifier_hallucination_difference": paired(hallucinated, base_hallucinated),
+        "verifier_hallucination_ratio": ratio,
+    }
+    return {k: _interval(v) for k, v in intervals.items()}
+
+
+def _cell(interval: dict[str, float | None] | None, scale: float = 100.0, digits: int = 1) -> str:
+    """`estimate [low, high]`, shares in percent (or points for differences)."""
+    if interval is None:
+        return "-"
+
+    def fmt(value: float | None) -> str:
+        return "?" if value is None else f"{scale * value:.{digits}f}"
+
+    return f"{fmt(interval['estimate'])} [{fmt(interval['low'])}, {fmt(interval['high'])}]"
 
 
 def markdown_table(results: dict[str, dict]) -> str:
-    """The comparison as a markdown table (percentages; gradient norms where trained)."""
-    header = (
-        "| model | Faith. | Info. | Q-Score | EM | F1 | Hit | claims | words "
-        "| grad norm mean | std | max |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|"
-    )
-    lines = [header]
+    """The comparison as a markdown table: shares in %, differences in points, 95% intervals."""
+    rows = [
+        "| model | gold in answer % | Δ gold vs base (pt) | verifier halluc. % "
+        "| Δ halluc. vs base (pt) | halluc. / base | Faith. % | Info. % | Q-Score % "
+        "| words | tokens |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
-        grads = (
-            f"{r['grad_norm_mean']:.3f} | {r['grad_norm_std']:.3f} | {r['grad_norm_max']:.3f}"
-            if "grad_norm_mean" in r
-            else "- | - | -"
-        )
-        lines.append(
-            f"| {name} | {100 * r['faith']:.1f} | {100 * r['info']:.1f} | "
-            f"{100 * r['q_score']:.1f} | {100 * r['em']:.1f} | {100 * r['f1']:.1f} | "
-            f"{100 * r['hit']:.1f} | {r['claims']:.2f} | {r['words']:.1f} | {grads} |"
-        )
-    return "\n".join(lines)
+        vs_base = r.get("vs_base", {})
+        cells = [
+            _cell(r["gold_in_answer"]),
+            _cell(vs_base.get("gold_in_answer_difference")),
+            _cell(r["verifier_hallucination"]),
+            _cell(vs_base.get("verifier_hallucination_difference")),
+            _cell(vs_base.get("verifier_hallucination_ratio"), scale=1.0, digits=2),
+            _cell(r["faith"]),
+            _cell(r["info"]),
+            _cell(r["q_score"]),
+            _cell(r["words"], scale=1.0),
+            _cell(r["tokens"], scale=1.0),
+        ]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def main() -> None:
@@ -219,32 +271,53 @@ def main() -> None:
     verifier = Verifier()
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
-    base_rows: list[dict[str, object]] = []
+    training: dict[str, GradNormSummary] = {}
+    base_rows: list[ItemRow] = []
     for name, adapter in [("base", None), *adapters.items()]:
         started = time.perf_counter()
-        responses = generate(
-            model_dir, adapter, tokenizer, prompts, args.max_new_tokens, args.batch
+        outputs = generate(
+            model_dir, adapter, tokenizer, prompts, args.max_new_tokens, args.batch, args.device
         )
         generated = time.perf_counter() - started
-        rows = score(items, responses, verifier)
+        rows = score(items, outputs, verifier)
         base_rows = base_rows or rows
         results[name] = {
-            **summarize(rows, base_rows),
+            **figures(rows, base_rows, args.resamples, args.seed),
             "generate_seconds": round(generated, 1),
-            **(grad_norm_stats(adapter) if adapter is not None else {}),
         }
+        if adapter is not None:
+            results[name]["vs_base"] = versus_base(rows, base_rows, args.resamples, args.seed)
+        if adapter is not None and (adapter / LOG_FILE).exists():
+            training[name] = grad_norm_summary(read_log(adapter))
         with (args.out / f"{name}.jsonl").open("w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(row) + "\n" for row in rows)
-        print(f"{name}: {json.dumps(results[name])}", flush=True)
+            handle.writelines(row.model_dump_json() + "\n" for row in rows)
+        print(f"{name}: generated in {generated:.1f} s", flush=True)
     report = {
         "lines": [args.first_line, last],
+        "n": len(items),
         "max_new_tokens": args.max_new_tokens,
+        "device": str(pick_device(args.device)),
+        "bootstrap": {
+            "method": "percentile over items; paired (same indices) for vs_base and Q-Score",
+            "resamples": args.resamples,
+            "confidence": 0.95,
+            "seed": args.seed,
+        },
+        "judged_by": JUDGED_BY,
         "adapters": {k: str(v) for k, v in adapters.items()},
         "results": results,
+        "training_grad_norm": {k: v.model_dump() for k, v in training.items()},
     }
     (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown_table(results)
-    (args.out / "table.md").write_text(table + "\n")
+    table = (
+        f"HaluEval dev lines {args.first_line}-{last} (n={len(items)}), greedy, "
+        f"{args.max_new_tokens} new tokens; 95% percentile-bootstrap intervals "
+        f"({args.resamples} resamples, paired against base for Δ and ratio).\n\n"
+        + markdown_table(results)
+    )
+    if training:
+        table += "\n\nTraining gradient norms (steps with an update):\n\n" + summary_table(training)
+    (args.out / "results.md").write_text(table + "\n")
     print(table)
 
 

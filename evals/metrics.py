@@ -1,5 +1,6 @@
 """Evaluation metrics as pure functions: SQuAD EM/F1, gold-in-answer, Faith., Info., Q-Score,
-rates, selective-prediction figures (coverage, abstention precision, risk-coverage, AURC).
+rates, selective-prediction figures (coverage, abstention precision, risk-coverage, AURC),
+percentile-bootstrap confidence intervals over items (single and paired).
 
 Faith., Info. and Q-Score follow BALTO's evaluation (App. E.2): Faith. is the share of responses
 without a hallucinated claim, Info. the share with at least as many claims as the reference
@@ -12,10 +13,11 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
+from scipy import stats
 
 _ARTICLES = re.compile(r"\b(?:a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -168,3 +170,86 @@ def tokens_per_second(completion_tokens: int, wall_s: float) -> float:
     if wall_s <= 0:
         raise ValueError("wall time must be positive")
     return completion_tokens / wall_s
+
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+class Interval(NamedTuple):
+    """A statistic on all items and the bounds of its bootstrap confidence interval."""
+
+    estimate: float
+    low: float
+    high: float
+
+
+def mean_difference(values: np.ndarray, reference: np.ndarray, axis: int = -1) -> np.ndarray:
+    """mean(values) - mean(reference) along `axis`."""
+    return np.mean(values, axis=axis) - np.mean(reference, axis=axis)
+
+
+def mean_ratio(values: np.ndarray, reference: np.ndarray, axis: int = -1) -> np.ndarray:
+    """mean(values) / mean(reference) along `axis` (inf or nan where the reference mean is 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.mean(values, axis=axis) / np.mean(reference, axis=axis)
+
+
+def mean_product(values: np.ndarray, reference: np.ndarray, axis: int = -1) -> np.ndarray:
+    """mean(values) x mean(reference) along `axis` (e.g. Q-Score = Faith. x Info.)."""
+    return np.mean(values, axis=axis) * np.mean(reference, axis=axis)
+
+
+def _interval(
+    data: tuple[np.ndarray, ...],
+    statistic: Callable[..., np.ndarray],
+    n_resamples: int,
+    confidence: float,
+    seed: int,
+) -> Interval:
+    if len(data[0]) < 2:
+        raise ValueError("a bootstrap interval needs at least two items")
+    result = stats.bootstrap(
+        data,
+        statistic,
+        n_resamples=n_resamples,
+        paired=len(data) > 1,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    low, high = result.confidence_interval
+    return Interval(float(statistic(*data, axis=-1)), float(low), float(high))
+
+
+def bootstrap_interval(
+    values: Sequence[float],
+    statistic: Callable[..., np.ndarray] = np.mean,
+    *,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """`statistic` of the items with its percentile-bootstrap interval (items resampled).
+
+    `statistic(x, axis=...)` must reduce along `axis`; the same seed gives the same interval.
+    """
+    return _interval((np.asarray(values, dtype=float),), statistic, n_resamples, confidence, seed)
+
+
+def paired_bootstrap_interval(
+    values: Sequence[float],
+    reference: Sequence[float],
+    statistic: Callable[..., np.ndarray] = mean_difference,
+    *,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """`statistic(values, reference)` with its percentile-bootstrap interval, resampling items
+    in pairs: each resample takes the same item indices from both lists (default: the
+    difference of their means).
+    """
+    if len(values) != len(reference):
+        raise ValueError("each value needs exactly one reference value")
+    data = (np.asarray(values, dtype=float), np.asarray(reference, dtype=float))
+    return _interval(data, statistic, n_resamples, confidence, seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from evals import metrics
@@ -106,3 +107,45 @@ def test_risk_coverage_keeps_ties_together() -> None:
         metrics.risk_coverage([], [])
     with pytest.raises(ValueError):
         metrics.aurc([])
+
+
+def test_bootstrap_interval_contains_the_mean_and_narrows_with_n() -> None:
+    small = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0]  # mean 5/8
+    wide = metrics.bootstrap_interval(small, seed=1)
+    narrow = metrics.bootstrap_interval(small * 25, seed=1)  # same mean, 25x the items
+    for interval in (wide, narrow):
+        assert interval.estimate == pytest.approx(0.625)
+        assert interval.low < interval.estimate < interval.high
+    assert narrow.high - narrow.low < (wide.high - wide.low) / 2  # about 1/sqrt(25) as wide
+    assert wide.low >= 0.0 and wide.high <= 1.0  # a share's resampled means stay shares
+
+
+def test_bootstrap_interval_is_deterministic_for_a_seed() -> None:
+    values = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0]
+    assert metrics.bootstrap_interval(values, seed=7) == metrics.bootstrap_interval(values, seed=7)
+    assert metrics.bootstrap_interval(values, seed=7) != metrics.bootstrap_interval(values, seed=8)
+    median = metrics.bootstrap_interval(values, np.median, seed=7)
+    assert median.estimate == pytest.approx(3.5)
+    with pytest.raises(ValueError):
+        metrics.bootstrap_interval([1.0])
+
+
+def test_paired_bootstrap_difference_of_identical_arrays_is_zero() -> None:
+    values = [1.0, 0.0, 1.0, 0.0, 0.0, 1.0]
+    assert metrics.paired_bootstrap_interval(values, values) == (0.0, 0.0, 0.0)
+    # Shifted by one on every item: pairing makes every resampled difference exactly 1.
+    shifted = [v + 1.0 for v in values]
+    assert metrics.paired_bootstrap_interval(shifted, values) == pytest.approx((1.0, 1.0, 1.0))
+    with pytest.raises(ValueError):
+        metrics.paired_bootstrap_interval([1.0, 0.0], [1.0])
+
+
+def test_paired_bootstrap_ratio_and_product_by_hand() -> None:
+    values = [1.0, 0.0, 1.0, 0.0] * 5  # mean 1/2
+    reference = [1.0, 1.0, 1.0, 0.0] * 5  # mean 3/4
+    ratio = metrics.paired_bootstrap_interval(values, reference, metrics.mean_ratio, seed=3)
+    assert ratio.estimate == pytest.approx(2 / 3)
+    assert ratio.low < 2 / 3 < ratio.high <= 1.0  # values <= reference on every item
+    product = metrics.paired_bootstrap_interval(values, reference, metrics.mean_product)
+    assert product.estimate == pytest.approx(0.375)
+    assert product.low < 0.375 < product.high
