@@ -236,7 +236,8 @@ class ModelRunner:
         mask |= torch.arange(kv_len, device=self.device)[None, None, :] < start[:, None, None]
         mask[:, :, 0] |= ~is_real
         self.cache.plan(torch.tensor(slots, device=self.device), write, kv_len)
-        positions = start[:, None] + relative_positions
+        # Padding gets position 0: past a slot's real tokens it could run off the rotary table.
+        positions = torch.where(is_real, start[:, None] + relative_positions, 0)
         if self.native is not None:
             states = self.native.forward(ids, positions, mask, self.cache, self.probe_layer)
             probe = None if states.probe is None else states.probe.float()
