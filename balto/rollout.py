@@ -13,14 +13,14 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Sequence as SequenceOf
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from engine.llm_engine import LLMEngine
 from engine.model_runner import ModelRunner
+from engine.offline import sample_responses
 from engine.sampling import SamplingParams
 from engine.sequence import Sequence
 from verify.token_labels import token_labels
@@ -187,29 +187,7 @@ def sample_groups(
     Response g of prompt i uses sampling seed ``seed + i * group_size + g``. The runner needs
     ``len(prompts) * group_size`` slots for a single batch (fewer slots queue the rest).
     """
-    engine = LLMEngine(runner)
-    eos = runner.eos_token_ids(tokenizer)
-    groups: list[list[Sequence]] = []
-    for i, prompt in enumerate(prompts):
-        group = []
-        for g in range(group_size):
-            index = i * group_size + g
-            seq = Sequence(
-                request_id=f"{i}-{g}",
-                prompt_ids=prompt.ids,
-                params=replace(params, seed=seed + index),
-                tokenizer=tokenizer,
-                eos_token_ids=eos,
-                max_model_len=runner.max_model_len,
-            )
-            engine.add(seq)
-            group.append(seq)
-        groups.append(group)
-    while engine.has_work():
-        failed = engine.step().failed
-        if failed:
-            raise RuntimeError(f"rollout sampling failed: {failed}")
-    return groups
+    return sample_responses(runner, tokenizer, [p.ids for p in prompts], params, group_size, seed)
 
 
 @dataclass(frozen=True)

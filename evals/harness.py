@@ -31,6 +31,9 @@ Mode = Literal["plain", "guard", "verify"]
 # The text guardserve refuses with unless a request sets `refusal_message` (the harness talks
 # to servers over HTTP and imports none of their code; a unit test keeps the two in step).
 DEFAULT_REFUSAL = "I cannot answer that reliably."
+# The text that ends a truncated (HALT-style) answer, the guard's default `truncation_marker`;
+# HALT's training targets end with it too (a unit test keeps it in step with the guard's).
+TRUNCATION_MARKER = "Unsure from here"
 
 
 def is_abstention(outcome: str, response: str, refusal_message: str = DEFAULT_REFUSAL) -> bool:

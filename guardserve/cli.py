@@ -1,4 +1,4 @@
-"""The `guardserve` command: `serve`, `balto`, `eval`, `guard`, each registered by its package."""
+"""The `guardserve` command: `serve`, `balto`, `halt`, `eval`, `guard`, each from its package."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from balto.cli import add_balto_parser
 from evals.cli import add_eval_parser
 from guard.cli import add_guard_parser
 from guardserve import __version__
+from halt.cli import add_halt_parser
 from server.cli import add_serve_parser
 
 
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     add_serve_parser(commands)
     add_balto_parser(commands)
+    add_halt_parser(commands)
     add_eval_parser(commands)
     add_guard_parser(commands)
     return parser

@@ -68,6 +68,17 @@ def test_batched_slot_decoding_equals_single_sequence_greedy(
         assert tokens == greedy_reference(tiny_llama, prompt, 8)
 
 
+def test_padding_of_a_long_slot_stays_inside_the_position_table(
+    tiny_llama: LlamaForCausalLM, native: bool
+) -> None:
+    """A slot near max_model_len prefilled beside a longer chunk: its padding has no position."""
+    runner = ModelRunner(tiny_llama, num_slots=2, max_model_len=10, max_candidates=1, native=native)
+    runner.extend([1], [[5, 17, 33, 2, 9, 40, 41, 42]])
+    out = runner.extend([0, 1], [[7, 8, 60, 61, 62, 63], [90]])
+    expected, _ = full_forward(tiny_llama, [5, 17, 33, 2, 9, 40, 41, 42, 90])
+    torch.testing.assert_close(out.logits[1], expected, atol=1e-4, rtol=0)
+
+
 def test_requests_join_and_leave_between_steps(tiny_llama: LlamaForCausalLM, native: bool) -> None:
     runner = make_runner(tiny_llama, native)
     first = runner.extend([0], [PROMPTS[0]])

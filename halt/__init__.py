@@ -1,0 +1,1 @@
+"""HALT: capability-aligned finetuning data (judged fragments, targets), LoRA SFT, figures."""
