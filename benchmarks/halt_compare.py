@@ -13,8 +13,12 @@ and the fragment is the first). Figures (halt.metrics, plain means over items):
 - truncated     share of responses that end with the truncation marker;
 - gold          share of responses containing the normalised gold answer (evals.metrics).
 
-The evaluation lines must not overlap an adapter's training lines (checked from its
-training.json); only dev lines are used.
+An entry is a LoRA adapter applied to the base model, or a whole model folder (one with a
+config.json, e.g. BALTO merged by `guardserve balto export`, then a HALT adapter trained on it
+merged the same way), so BALTO and BALTO followed by HALT are judged against the same base.
+Gold in answer comes with a 95% percentile-bootstrap interval (evals.metrics). The evaluation
+lines must not overlap an entry's training lines (checked from its training.json); only dev
+lines are used.
 
     python -m benchmarks.halt_compare --adapter halt-0.5=runs/halt/cut-0.5 --limit 400
 """
@@ -35,7 +39,7 @@ from engine.model_store import BASE_MODEL, resolve_model
 from engine.offline import sample_responses
 from engine.sampling import SamplingParams
 from evals.halueval import HaluEvalItem, load_halueval
-from evals.metrics import gold_in_answer, mean
+from evals.metrics import bootstrap_interval, gold_in_answer, mean
 from evals.prompts import grounded_prompt_ids
 from halt.config import DEV_LAST_LINE
 from halt.fragments import Fragment, is_truncated, judge_fragments, stated_content
@@ -62,7 +66,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def trained_lines(adapter_dir: Path) -> set[int]:
-    """The HaluEval lines the adapter's data came from (from its training.json)."""
+    """The HaluEval lines the entry's training data came from (from its training.json)."""
     first, last = json.loads((adapter_dir / SUMMARY_FILE).read_text())["data"]["lines"]
     return set(range(first, last + 1))
 
@@ -74,11 +78,13 @@ def generate(
     prompts: list[list[int]],
     args: argparse.Namespace,
 ) -> list[str]:
-    """Greedy responses of the base model (with the adapter merged in, if one is given)."""
+    """Greedy responses of the base model, with the adapter merged in, or of a whole model
+    folder given in the adapter's place."""
+    whole = adapter_dir is not None and (adapter_dir / "config.json").exists()
     model = AutoModelForCausalLM.from_pretrained(
-        str(model_dir), dtype=torch.float32, attn_implementation="sdpa"
+        str(adapter_dir if whole else model_dir), dtype=torch.float32, attn_implementation="sdpa"
     )
-    if adapter_dir is not None:
+    if adapter_dir is not None and not whole:
         model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     model = model.requires_grad_(False).to(pick_device(args.device))
     runner = ModelRunner(
@@ -120,13 +126,15 @@ def markdown_table(results: dict[str, dict]) -> str:
         return "-" if value is None else f"{100 * value:.1f}"
 
     lines = [
-        "| model | correctness | completeness | F1 | answered | truncated | gold | fragments |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | correctness | completeness | F1 | answered | truncated | gold [95% CI] "
+        "| fragments |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for name, r in results.items():
         lines.append(
             f"| {name} | {pct(r['correctness'])} | {pct(r['completeness'])} | {pct(r['f1'])} "
             f"| {pct(r['answered'])} | {pct(r['truncated'])} | {pct(r['gold'])} "
+            f"[{pct(r['gold_low'])}, {pct(r['gold_high'])}] "
             f"| {r['fragments']:.2f} |"
         )
     return "\n".join(lines)
@@ -159,10 +167,13 @@ def main() -> None:
         generated = time.perf_counter() - started
         judged, rows = judge(items, responses, verifier)
         base = base or judged
+        gold = bootstrap_interval([float(bool(r["gold"])) for r in rows])
         results[name] = {
             **halt_figures(judged, base).model_dump(),
             "truncated": mean([bool(r["truncated"]) for r in rows]),
-            "gold": mean([bool(r["gold"]) for r in rows]),
+            "gold": gold.estimate,
+            "gold_low": gold.low,
+            "gold_high": gold.high,
             "generate_seconds": round(generated, 1),
         }
         with (args.out / f"{name}.jsonl").open("w", encoding="utf-8") as handle:
