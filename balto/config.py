@@ -9,8 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from balto.advantages import AdvantageMethod
 from balto.loss import Normalizer
-
-DEV_LAST_LINE = 8000  # HaluEval lines 8001-10000 are reserved for release evaluation
+from evals.halueval import DEV_LAST_LINE
 
 _FACTUAL_METHODS = {
     AdvantageMethod.BALTO,

@@ -34,10 +34,10 @@ from peft import PeftModel
 from pydantic import BaseModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from balto.config import DEV_LAST_LINE
 from balto.rollout import Prompt, sample_groups
-from balto.trainer import LOG_FILE, SUMMARY_FILE
+from balto.trainer import LOG_FILE
 from benchmarks.balto_curves import GradNormSummary, grad_norm_summary, read_log, summary_table
+from benchmarks.held_out import held_out_lines, parse_entries
 from engine.model_runner import ModelRunner, pick_device
 from engine.model_store import BASE_MODEL, resolve_model
 from engine.sampling import SamplingParams
@@ -91,13 +91,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/balto_compare"))
     return parser.parse_args()
-
-
-def trained_lines(adapter_dir: Path) -> set[int]:
-    """Every HaluEval line in the adapter's training range (from its training.json)."""
-    summary = json.loads((adapter_dir / SUMMARY_FILE).read_text())
-    first, last = summary["data"]["lines"]
-    return set(range(first, last + 1))
 
 
 def generate(
@@ -252,14 +245,8 @@ def main() -> None:
     args = parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    last = args.first_line + args.limit - 1
-    if last > DEV_LAST_LINE:
-        raise SystemExit(f"lines past {DEV_LAST_LINE} are reserved for release evaluation")
-    adapters = {name: Path(path) for name, path in (a.split("=", 1) for a in args.adapter)}
-    eval_lines = set(range(args.first_line, last + 1))
-    for name, path in adapters.items():
-        if overlap := eval_lines & trained_lines(path):
-            raise SystemExit(f"{name} was trained on evaluation lines {sorted(overlap)[:5]}...")
+    adapters = parse_entries(args.adapter)
+    last = held_out_lines(args.first_line, args.limit, adapters)[-1]
 
     model_dir = resolve_model(args.model, args.cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))

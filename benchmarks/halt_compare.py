@@ -34,6 +34,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from benchmarks.held_out import held_out_lines, parse_entries
 from engine.model_runner import ModelRunner, pick_device
 from engine.model_store import BASE_MODEL, resolve_model
 from engine.offline import sample_responses
@@ -41,10 +42,8 @@ from engine.sampling import SamplingParams
 from evals.halueval import HaluEvalItem, load_halueval
 from evals.metrics import bootstrap_interval, gold_in_answer, mean
 from evals.prompts import grounded_prompt_ids
-from halt.config import DEV_LAST_LINE
 from halt.fragments import Fragment, is_truncated, judge_fragments, stated_content
 from halt.metrics import halt_figures
-from halt.trainer import SUMMARY_FILE
 from verify.verifier import Verifier
 
 
@@ -63,12 +62,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/halt_compare"))
     return parser.parse_args()
-
-
-def trained_lines(adapter_dir: Path) -> set[int]:
-    """The HaluEval lines the entry's training data came from (from its training.json)."""
-    first, last = json.loads((adapter_dir / SUMMARY_FILE).read_text())["data"]["lines"]
-    return set(range(first, last + 1))
 
 
 def generate(
@@ -144,14 +137,8 @@ def main() -> None:
     args = parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    last = args.first_line + args.limit - 1
-    if last > DEV_LAST_LINE:
-        raise SystemExit(f"lines past {DEV_LAST_LINE} are reserved for release evaluation")
-    adapters = {name: Path(path) for name, path in (a.split("=", 1) for a in args.adapter)}
-    eval_lines = set(range(args.first_line, last + 1))
-    for name, path in adapters.items():
-        if overlap := eval_lines & trained_lines(path):
-            raise SystemExit(f"{name} was trained on evaluation lines {sorted(overlap)[:5]}...")
+    adapters = parse_entries(args.adapter)
+    last = held_out_lines(args.first_line, args.limit, adapters)[-1]
 
     model_dir = resolve_model(args.model, args.cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))

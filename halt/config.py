@@ -6,11 +6,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from evals.halueval import SPLIT_LINES
+from evals.halueval import DEV_LAST_LINE
 from halt.fragments import Boundary
 from halt.targets import Mode
-
-DEV_LAST_LINE = SPLIT_LINES["dev"][-1]  # HaluEval lines past it are reserved for release
 
 
 class DataConfig(BaseModel):
