@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+from balto.trainer import SUMMARY_FILE
 from engine.model_store import merge_adapter, resolve_model
 
 
@@ -20,6 +22,12 @@ def export_adapter(
     """`guardserve balto export`: merge an adapter into its base (default: the one it records).
 
     ``base`` is anything `guardserve serve --model` accepts (a model name, folder or .gguf).
+    The adapter's training summary (training.json) goes along, so the benchmarks can check
+    which lines the merged weights were trained on.
     """
     base_dir = resolve_model(base or adapter_base(adapter_dir), cache_dir)
-    return merge_adapter(adapter_dir, base_dir, out_dir)
+    merged = merge_adapter(adapter_dir, base_dir, out_dir)
+    summary = adapter_dir / SUMMARY_FILE
+    if summary.exists():
+        shutil.copyfile(summary, merged / SUMMARY_FILE)
+    return merged

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from balto.trainer import SUMMARY_FILE  # halt's trainer writes the same file
 from evals.halueval import DEV_LAST_LINE
-
-TRAINING_SUMMARY = "training.json"  # written beside every adapter by balto's and halt's trainers
 
 
 def parse_entries(specs: list[str]) -> dict[str, Path]:
@@ -17,7 +16,7 @@ def parse_entries(specs: list[str]) -> dict[str, Path]:
 
 def trained_lines(entry: Path) -> set[int]:
     """Every HaluEval line in the entry's training range (from its training.json)."""
-    first, last = json.loads((entry / TRAINING_SUMMARY).read_text())["data"]["lines"]
+    first, last = json.loads((entry / SUMMARY_FILE).read_text())["data"]["lines"]
     return set(range(first, last + 1))
 
 

@@ -203,8 +203,10 @@ def test_export_merges_the_adapter_into_a_loadable_folder(tmp_path: Path) -> Non
         base_logits = AutoModelForCausalLM.from_pretrained(base_dir)(torch.tensor([prompt]))
     assert not torch.allclose(base_logits.logits[0, -1], expected, atol=1e-3)
 
+    (adapter_dir / "training.json").write_text('{"data": {"lines": [1, 40]}}')
     export_adapter(adapter_dir, out_dir, base=str(base_dir))
 
+    assert (out_dir / "training.json").read_text() == '{"data": {"lines": [1, 40]}}'
     merged = AutoModelForCausalLM.from_pretrained(out_dir)
     assert not any("lora" in k for k in merged.state_dict())
     with torch.no_grad():
