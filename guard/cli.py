@@ -47,17 +47,21 @@ def add_guard_parser(commands: argparse._SubParsersAction) -> None:
     fit.add_argument(
         "--fit-lines",
         type=_lines,
-        default=(4401, 5100),
-        help="Lines fitted on (default: 4401-5100).",
+        default=(6001, 7400),
+        help="Lines fitted on (default: 6001-7400).",
     )
     fit.add_argument(
         "--select-lines",
         type=_lines,
-        default=(5101, 5400),
-        help="Lines choosing the layer (default: 5101-5400).",
+        default=(5601, 5800),
+        help="Lines scoring the chosen probe, never fitted on (default: 5601-5800).",
     )
     fit.add_argument(
-        "--c", type=float, default=0.01, help="Inverse L2 strength (default: %(default)s)."
+        "--c",
+        type=float,
+        nargs="+",
+        default=[0.001, 0.003, 0.01],
+        help="Inverse L2 strengths swept with the layer (default: %(default)s).",
     )
     fit.add_argument(
         "--cache",
@@ -110,11 +114,11 @@ def run_fit_probe(args: argparse.Namespace) -> int:
         args.fit_lines,
         args.select_lines,
         out,
-        c=args.c,
+        strengths=tuple(args.c),
         cache_dir=args.cache,
     )
     assert probe.fit is not None
-    print(f"layer {probe.layer}; answer-level AUROC on lines {args.select_lines}:")
+    print(f"layer {probe.layer}, C {probe.fit.c}; answer-level AUROC on {args.select_lines}:")
     for name, value in sorted(probe.fit.auroc.items(), key=lambda kv: -kv[1]):
         print(f"  {name:8s} {value:.3f}")
     print(f"wrote {out}")

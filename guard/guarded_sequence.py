@@ -62,6 +62,7 @@ class ClosedSegment:
     representation: torch.Tensor
     score_norm: float
     mean_embedding: torch.Tensor
+    last_risk: float | None = None
 
 
 @dataclass
@@ -254,6 +255,7 @@ class GuardedSequence(Sequence):
             representation=score.representation,
             score_norm=score.score_norm,
             mean_embedding=self.embed(ids).mean(0).cpu(),
+            last_risk=segment.tokens[-1].risk,
         )
         self.report.segments.append(closed.report)
         if status == "discarded":
@@ -319,7 +321,7 @@ class GuardedSequence(Sequence):
             f_fact=f_fact,
             f_logic=f_logic,
             f_global=f_global,
-            probe_risk=self._chain_risk(),
+            probe_risk=self._answer_risk(),
             iterations=self.iterations,
             tau_low=self.tau_low,
             tau_high=self.tau_high,
@@ -355,21 +357,20 @@ class GuardedSequence(Sequence):
         self._open_segment()
         return 0
 
-    def _chain_risk(self) -> float | None:
-        """Mean probe risk over the chain's tokens (None without a probe)."""
-        pairs = [
-            (s.report.probe_risk, len(s.token_ids))
-            for s in self.chain
-            if s.report.probe_risk is not None
-        ]
-        tokens = sum(n for _, n in pairs)
-        return sum(r * n for r, n in pairs) / tokens if tokens else None
+    def _answer_risk(self) -> float | None:
+        """The probe's risk of the answer: that of its last token's state (None without a probe).
+
+        The last state has read the whole answer; the probe is fitted on it (guard.probe_fit).
+        The mean of every token's risk separated right from wrong answers far worse (5-fold on
+        480 dev answers, layer 20: AUROC 0.57 against 0.66).
+        """
+        return self.chain[-1].last_risk if self.chain else None
 
     def _global_scores(self) -> tuple[float, float, float]:
         totals = torch.tensor([s.report.total for s in self.chain])
         norms = torch.tensor([s.score_norm for s in self.chain])
         evidence = torch.tensor([s.report.evidence for s in self.chain])
-        risk = self._chain_risk()
+        risk = self._answer_risk()
         if risk is None:
             f_fact = scoring.fact_score(totals, norms, evidence, self.config.fact_normalize_by_k)
         else:

@@ -33,8 +33,9 @@ class ProbeFit(BaseModel):
     )
     layer_auroc: dict[int, float] = Field(
         default_factory=dict,
-        description="5-fold answer-level AUROC on the fit lines at each layer swept.",
+        description="5-fold answer-level AUROC on the fit lines at each layer swept (best C).",
     )
+    c: float | None = Field(None, description="Inverse L2 strength chosen with the layer.")
 
 
 class HallucinationProbe(BaseModel):

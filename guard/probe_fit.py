@@ -23,6 +23,8 @@ from sklearn.model_selection import StratifiedKFold
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from engine.model_runner import ModelRunner
+from engine.offline import sample_responses
+from engine.sampling import SamplingParams
 from evals.halueval import HaluEvalItem, load_halueval
 from evals.metrics import gold_in_answer
 from evals.prompts import grounded_prompt_ids
@@ -30,7 +32,7 @@ from guard.probe import HallucinationProbe, ProbeFit
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LAYERS = (0, 4, 8, 12, 14, 16, 18, 20, 22, 24, 26, 28, 29)
+DEFAULT_LAYERS = (8, 12, 16, 20, 24)
 SCORE_TEMPERATURE = 0.3
 LAM = 0.6
 
@@ -46,39 +48,21 @@ class AnswerStates:
     baselines: dict[str, np.ndarray]
 
 
-@torch.inference_mode()
 def greedy_answers(
     runner: ModelRunner,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[list[int]],
     max_tokens: int,
 ) -> list[list[int]]:
-    """Greedy answers of a batch of prompts (end-of-sequence not included).
+    """Greedy answers of a batch of prompts on the serving engine (end-of-sequence dropped).
 
-    transformers' `generate` over left-padded prompts: an offline job that wants throughput
-    over many prompts of similar length, not the serving engine's per-slot bookkeeping.
+    The engine runs the compact forward where the model has one: about twice as fast as
+    transformers' `generate` here (32 answers in 19 s against 16 in ~40 s on 2 CPU cores).
     """
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    groups = sample_responses(runner, tokenizer, prompts, params, n=1, seed=0)
     eos = runner.eos_token_ids(tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        mask[row, width - len(prompt) :] = 1
-    out = runner.model.generate(
-        input_ids=ids.to(runner.device),
-        attention_mask=mask.to(runner.device),
-        max_new_tokens=max_tokens,
-        do_sample=False,
-        eos_token_id=sorted(eos),
-        pad_token_id=pad,
-    )
-    answers = []
-    for row in out[:, width:].tolist():
-        cut = next((i for i, token in enumerate(row) if token in eos), len(row))
-        answers.append(row[:cut])
-    return answers
+    return [[t for t in seq.output_ids if t not in eos] for (seq,) in groups]
 
 
 @torch.inference_mode()
@@ -218,25 +202,34 @@ def cross_validated_auroc(records: list[AnswerStates], layer: int, c: float) -> 
 
 
 def sweep(
-    fit_records: list[AnswerStates], select_records: list[AnswerStates], c: float
-) -> tuple[HallucinationProbe, dict[int, float], float]:
-    """Choose the layer by 5-fold AUROC on the fit lines, refit it on all of them, and score
-    it on the selection lines, which neither the choice nor the fit has seen.
+    fit_records: list[AnswerStates],
+    select_records: list[AnswerStates],
+    strengths: tuple[float, ...],
+) -> tuple[HallucinationProbe, dict[int, float], float, float]:
+    """Choose the layer and the inverse L2 strength C by 5-fold AUROC on the fit lines, refit
+    that pair on all of them, and score it on the selection lines, which neither the choice
+    nor the fit has seen.
 
-    Returns the probe, the cross-validated AUROC per layer and the held-out AUROC.
+    Returns the probe, the cross-validated AUROC per layer (at its best C), the chosen C and
+    the held-out AUROC.
     """
     scores = {
-        layer: cross_validated_auroc(fit_records, layer, c)
+        (layer, c): cross_validated_auroc(fit_records, layer, c)
         for layer in sorted(fit_records[0].states)
+        for c in strengths
     }
-    for layer, value in scores.items():
-        logger.info("layer %d: 5-fold AUROC %.3f", layer, value)
-    best = max(scores, key=lambda layer: scores[layer])
-    probe = fit_layer(fit_records, best, c)
+    for (layer, c), value in scores.items():
+        logger.info("layer %d, C %g: 5-fold AUROC %.3f", layer, c, value)
+    layer, c = max(scores, key=lambda pair: scores[pair])
+    probe = fit_layer(fit_records, layer, c)
     held_out = answer_auroc(
-        select_records, list(probe.risk_numpy(last_states(select_records, best)))
+        select_records, list(probe.risk_numpy(last_states(select_records, layer)))
     )
-    return probe, scores, held_out
+    by_layer = {
+        each: max(v for (at, _), v in scores.items() if at == each)
+        for each in sorted({at for at, _ in scores})
+    }
+    return probe, by_layer, c, held_out
 
 
 def fit_probe(
@@ -246,15 +239,15 @@ def fit_probe(
     select_lines: tuple[int, int],
     out: Path,
     layers: tuple[int, ...] = DEFAULT_LAYERS,
-    max_tokens: int = 48,
-    batch: int = 16,
-    c: float = 0.01,
+    max_tokens: int = 64,
+    batch: int = 32,
+    strengths: tuple[float, ...] = (0.001, 0.003, 0.01),
     cache_dir: Path | None = None,
 ) -> HallucinationProbe:
     """Collect on-policy answers on both line ranges, sweep layers, save the best probe."""
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     runner = ModelRunner.load(
-        model_dir, num_slots=batch, max_model_len=2048, max_candidates=1, device="cpu", native=False
+        model_dir, num_slots=batch, max_model_len=2048, max_candidates=1, device="cpu"
     )
     items = {item.line: item for item in load_halueval("dev")}
 
@@ -265,7 +258,7 @@ def fit_probe(
     select_records = collect(
         runner, tokenizer, lines(select_lines), layers, max_tokens, batch, cache_dir
     )
-    probe, layer_auroc, held_out = sweep(fit_records, select_records, c)
+    probe, layer_auroc, c, held_out = sweep(fit_records, select_records, strengths)
     aurocs = baseline_aurocs(select_records)
     aurocs["probe"] = held_out
     probe.fit = ProbeFit(
@@ -276,6 +269,7 @@ def fit_probe(
         tokens=int(sum(len(r.baselines["p_a"]) for r in fit_records)),
         auroc=aurocs,
         layer_auroc=layer_auroc,
+        c=c,
     )
     probe.save(out)
     return probe

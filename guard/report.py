@@ -35,7 +35,7 @@ class GlobalReport(BaseModel):
     f_logic: float
     f_global: float
     probe_risk: float | None = Field(
-        None, description="Mean hallucination-probe risk of the answer's tokens."
+        None, description="Hallucination-probe risk of the answer's last token state."
     )
     iterations: int
     tau_low: float

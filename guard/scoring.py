@@ -120,13 +120,13 @@ def fact_score(
     return fact / k if normalize_by_k else fact
 
 
-def probe_fact_score(mean_risk: float, evidence: torch.Tensor) -> float:
-    """Eq. 14 with the probe: F_fact = (1 - the answer's mean probe risk) * min_k E_k.
+def probe_fact_score(answer_risk: float, evidence: torch.Tensor) -> float:
+    """Eq. 14 with the probe: F_fact = (1 - the answer's probe risk) * min_k E_k.
 
     The probe's answer-level risk is the score measured to separate right from wrong answers;
     the segment totals' consistency and alignment terms (cosines of anisotropic states) do not.
     """
-    return (1.0 - mean_risk) * float(evidence.min())
+    return (1.0 - answer_risk) * float(evidence.min())
 
 
 def logic_score(representations: torch.Tensor, mean_embeddings: torch.Tensor) -> float:

@@ -321,6 +321,28 @@ def test_probe_risk_replaces_the_cosine_in_the_token_score(
     assert all(s.probe_risk == pytest.approx(0.25) for s in report.segments)
 
 
+def test_the_answer_risk_is_the_last_tokens_risk(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    """The probe is fitted on each answer's last state: F_fact reads that state's risk."""
+    engine = LLMEngine(
+        ModelRunner(tiny_llama, num_slots=2, max_model_len=256, max_candidates=8, probe_layer=1)
+    )
+    calls: list[int] = []
+
+    def risk(states: torch.Tensor) -> torch.Tensor:
+        calls.append(len(calls) + 1)
+        return torch.full((states.shape[0],), calls[-1] / 100)
+
+    seq = guarded(engine, tiny_tokenizer, "r", risk=risk, tau_low=0.0, tau_high=0.0, tau_global=0)
+    report = run(engine, [seq])["r"][-1].report
+    assert report is not None and report.global_check is not None
+    assert len(calls) == 24  # one tree step per token, nothing refined
+    assert report.global_check.probe_risk == pytest.approx(0.24)
+    assert report.global_check.f_fact == pytest.approx(0.76)
+    assert report.segments[0].probe_risk == pytest.approx(sum(calls[:6]) / 6 / 100)
+
+
 def test_tau_token_prunes_weak_tokens_from_accepted_segments(
     tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
 ) -> None:
