@@ -13,10 +13,14 @@ import argparse
 import asyncio
 import json
 import statistics
+import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import psutil
 from openai import AsyncOpenAI
 
 from benchmarks.launcher import serve
@@ -38,6 +42,9 @@ class Row:
     ttft_p50_s: float
     latency_p50_s: float
     latency_p95_s: float
+    # Peak resident memory of the server's whole process tree (vLLM's engine core included)
+    # while the cell ran.
+    peak_rss_mib: float | None = None
     # Guarded cells: where a request's time went (means over requests, from the guard report).
     first_segment_words: float | None = None
     guard_token_s: float | None = None
@@ -112,6 +119,41 @@ async def measure(
     )
 
 
+def tree_rss_bytes(pid: int) -> int:
+    """Resident bytes of a process and all its descendants (0 once it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+@contextmanager
+def peak_rss(pid: int, every_s: float = 0.1) -> Iterator[list[int]]:
+    """Sample the process tree's RSS while the block runs; the list holds the peak after it."""
+    peak = [tree_rss_bytes(pid)]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(every_s):
+            peak[0] = max(peak[0], tree_rss_bytes(pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        sampler.join()
+
+
 def guard_breakdown(reports: list[dict]) -> dict[str, float]:
     """Mean first-segment length and stage times of guarded requests (empty for plain ones)."""
     if not reports:
@@ -134,16 +176,24 @@ def run_engine(args: argparse.Namespace, engine: str) -> list[Row]:
     rows: list[Row] = []
     modes = args.modes if engine == "torch" else ["plain"]
     flags = ["--plain-engine", engine, "--max-num-seqs", str(max(args.concurrency))]
+    flags += ["--dtype", args.dtype]
     log = Path(args.out).with_suffix(f".{engine}.log")
     with serve(flags, log) as server:
         for concurrency in args.concurrency:
             for mode in modes:
                 rounds = max(1, args.requests // concurrency)
-                row = asyncio.run(
-                    measure(
-                        server.openai_base_url, engine, mode, concurrency, rounds, args.max_tokens
+                with peak_rss(server.process.pid) as peak:
+                    row = asyncio.run(
+                        measure(
+                            server.openai_base_url,
+                            engine,
+                            mode,
+                            concurrency,
+                            rounds,
+                            args.max_tokens,
+                        )
                     )
-                )
+                row = replace(row, peak_rss_mib=round(peak[0] / 2**20, 1))
                 print(json.dumps(asdict(row)), flush=True)
                 rows.append(row)
     return rows
@@ -175,7 +225,10 @@ def ratios(rows: list[Row]) -> list[str]:
 def print_table(rows: list[Row]) -> None:
     """Side-by-side table of every cell, then the throughput and TTFT ratios."""
     header = f"{'engine':6} {'mode':12} {'conc':>4} {'req':>4} {'tok/s':>7} {'ttft50':>7}"
-    print(f"\n{header} {'lat50':>7} {'lat95':>7} {'seg1 words':>10} {'token/seg/refine s':>20}")
+    print(
+        f"\n{header} {'lat50':>7} {'lat95':>7} {'RSS MiB':>8} {'seg1 words':>10}"
+        f" {'token/seg/refine s':>20}"
+    )
     for r in rows:
         stages = (
             f"{r.guard_token_s}/{r.guard_segment_s}/{r.guard_refinement_s}"
@@ -185,7 +238,7 @@ def print_table(rows: list[Row]) -> None:
         print(
             f"{r.engine:6} {r.mode:12} {r.concurrency:>4} {r.requests:>4} {r.tokens_per_s:>7}"
             f" {r.ttft_p50_s:>7} {r.latency_p50_s:>7} {r.latency_p95_s:>7}"
-            f" {r.first_segment_words or '':>10} {stages:>20}"
+            f" {r.peak_rss_mib or '':>8} {r.first_segment_words or '':>10} {stages:>20}"
         )
     print()
     for line in ratios(rows):
@@ -202,6 +255,12 @@ def main() -> None:
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=32, help="Requests per cell (at least).")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="The servers' --dtype, the same for every engine (default: %(default)s).",
+    )
     parser.add_argument("--out", default="runs/bench/serving.json")
     args = parser.parse_args()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
