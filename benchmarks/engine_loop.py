@@ -38,11 +38,12 @@ def add_round(
     runner = engine.runner
     eos = runner.eos_token_ids(tokenizer)
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    guard = (assets.defaults(enabled=True), assets.probe.risk) if assets is not None else None
     for row in range(batch):
         messages = [{"role": "user", "content": PROMPTS[row % len(PROMPTS)]}]
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-        if assets is None:
+        if guard is None:
             seq = Sequence(str(row), ids, params, tokenizer, eos, runner.max_model_len)
         else:
             seq = GuardedSequence(
@@ -52,9 +53,9 @@ def add_round(
                 tokenizer,
                 eos,
                 runner.max_model_len,
-                assets.defaults(enabled=True),
+                guard[0],
                 runner.embed,
-                risk=assets.probe.risk,
+                risk=guard[1],
             )
         engine.add(seq)
 
