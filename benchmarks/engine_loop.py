@@ -23,6 +23,7 @@ from engine.model_runner import ModelRunner
 from engine.model_store import resolve_model
 from engine.sampling import SamplingParams
 from engine.sequence import Sequence
+from guard.config import GuardConfig
 from guard.guarded_sequence import GuardedSequence
 from guard.probe import GuardAssets, find_guard_dir
 
@@ -33,12 +34,17 @@ def add_round(
     assets: GuardAssets | None,
     batch: int,
     max_tokens: int,
+    paper: bool = False,
 ) -> None:
-    """Queue `batch` rows, guarded with the model's calibrated defaults when `assets` is given."""
+    """Queue `batch` rows, guarded when `assets` is given: with the model's calibrated
+    defaults, or the paper's preset."""
     runner = engine.runner
     eos = runner.eos_token_ids(tokenizer)
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
-    guard = (assets.defaults(enabled=True), assets.probe.risk) if assets is not None else None
+    guard = None
+    if assets is not None:
+        config = GuardConfig.paper(enabled=True) if paper else assets.defaults(enabled=True)
+        guard = (config, assets.probe.risk)
     for row in range(batch):
         messages = [{"role": "user", "content": PROMPTS[row % len(PROMPTS)]}]
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -78,7 +84,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32, help="Rows (default: %(default)s).")
     parser.add_argument("--max-tokens", type=int, default=64, help="Tokens a row (default: 64).")
-    parser.add_argument("--mode", nargs="+", choices=["plain", "guard"], default=["plain"])
+    modes = ["plain", "guard", "guard-paper"]
+    parser.add_argument("--mode", nargs="+", choices=modes, default=["plain"])
     parser.add_argument("--dtype", default="auto", help="Model dtype (auto: float32 on CPU).")
     parser.add_argument("--profile", action="store_true", help="Print cProfile's top functions.")
     args = parser.parse_args()
@@ -96,18 +103,19 @@ def main() -> None:
         probe_layer=assets.probe.layer if assets is not None else None,
     )
     for mode in args.mode:
-        if mode == "guard" and assets is None:
+        if mode != "plain" and assets is None:
             raise SystemExit("guarded rows need the model's probe (guard/probes/MODEL)")
         engine = LLMEngine(runner)
-        round_assets = assets if mode == "guard" else None
-        add_round(engine, tokenizer, round_assets, args.batch, args.max_tokens)
+        round_assets = assets if mode != "plain" else None
+        paper = mode == "guard-paper"
+        add_round(engine, tokenizer, round_assets, args.batch, args.max_tokens, paper)
         run_round(engine, None)  # warm-up
-        add_round(engine, tokenizer, round_assets, args.batch, args.max_tokens)
+        add_round(engine, tokenizer, round_assets, args.batch, args.max_tokens, paper)
         profile = cProfile.Profile() if args.profile else None
         steps, wall = run_round(engine, profile)
         tokens = args.batch * args.max_tokens
         print(
-            f"{mode:5} {args.dtype} batch {args.batch}: {steps} steps, "
+            f"{mode:11} {args.dtype} batch {args.batch}: {steps} steps, "
             f"{wall / steps * 1000:.1f} ms/step, {tokens / wall:.1f} tokens/s",
             flush=True,
         )

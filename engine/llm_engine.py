@@ -11,9 +11,9 @@ import torch
 
 from engine.model_runner import ModelRunner
 from engine.outputs import SequenceOutput
-from engine.sampling import sample_batch
+from engine.sampling import Shortlist, sample_batch, shortlists
 from engine.scheduler import PrefillChunk, Scheduler
-from engine.sequence import Sequence
+from engine.sequence import EVALUATE_MORE, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class LLMEngine:
             m = len(candidates[row])
             probe = None if out.probe is None else out.probe[row, :m]
             chosen = self._guarded(seq, failed, seq.choose, out.hidden[row, :m], probe)
-            if chosen is not None:
+            if chosen is not None and chosen != EVALUATE_MORE:
                 rows.append(row)
                 picks.append(chosen)
         if not rows:
@@ -155,10 +155,32 @@ class LLMEngine:
         kept = [batch[row] for row in rows]
         self.runner.commit([s.slot for s in kept], picks)
         logits = self.runner.logits(out.final[rows, picks])
-        for seq, next_logits in zip(kept, logits, strict=True):
-            keep = self._guarded(seq, failed, seq.advance, next_logits)
+        try:
+            wanted = self._shortlists(kept, logits)
+        except Exception as exc:
+            logger.exception("shortlists failed")
+            for seq in kept:
+                self._fail(seq, failed, exc)
+            return
+        for seq, next_logits, shortlist in zip(kept, logits, wanted, strict=True):
+            keep = self._guarded(seq, failed, seq.advance, next_logits, shortlist)
             if keep is not None and keep >= 0:
                 self.runner.truncate(seq.slot, len(seq.prompt_ids) + keep)
+
+    @staticmethod
+    def _shortlists(seqs: list[Sequence], logits: torch.Tensor) -> list[Shortlist | None]:
+        """The shortlist each sequence wants of its logits, all computed in one batched pass."""
+        wanted = [seq.shortlist_wanted() for seq in seqs]
+        rows = [row for row, spec in enumerate(wanted) if spec is not None]
+        result: list[Shortlist | None] = [None] * len(seqs)
+        if rows:
+            specs = [spec for spec in wanted if spec is not None]
+            computed = shortlists(
+                logits[rows], [size for size, _ in specs], [temp for _, temp in specs]
+            )
+            for row, shortlist in zip(rows, computed, strict=True):
+                result[row] = shortlist
+        return result
 
     def _guarded(
         self, seq: Sequence, failed: dict[str, str], call: Callable[..., T], *args: object

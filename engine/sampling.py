@@ -23,6 +23,44 @@ class SamplingParams:
     json_schema: str | None = None  # JSON Schema the output must match (vLLM only)
 
 
+@dataclass(frozen=True)
+class Shortlist:
+    """The few most likely next tokens at one position and their probabilities at a
+    temperature (full-vocabulary softmax), most likely first."""
+
+    ids: list[int]
+    probs: torch.Tensor
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor, size: int, temperature: float) -> Shortlist:
+        """Top `size` tokens of one row of logits [V]."""
+        return shortlists(logits[None], [size], [temperature])[0]
+
+    def without(self, banned: set[int], count: int) -> tuple[list[int], torch.Tensor]:
+        """The first `count` tokens that are not banned, with their probabilities."""
+        keep = [i for i, token in enumerate(self.ids) if token not in banned][:count]
+        return [self.ids[i] for i in keep], self.probs[keep]
+
+
+def shortlists(
+    logits: torch.Tensor, sizes: Sequence[int], temperatures: Sequence[float]
+) -> list[Shortlist]:
+    """Each row's shortlist of logits [B, V] in one batched pass (on the CPU afterwards).
+
+    The top tokens of log_softmax(l / T), exponentiated (on this CPU log_softmax over a batch
+    runs about 10x faster than logsumexp and 2x faster than softmax).
+    """
+    temperature = torch.tensor(temperatures, dtype=torch.float32, device=logits.device)
+    scaled = logits.float() / temperature[:, None]
+    top = torch.topk(torch.log_softmax(scaled, dim=-1), max(sizes), dim=-1)
+    probs = top.values.exp().cpu()
+    ids = top.indices.tolist()
+    return [
+        Shortlist(row_ids[:size], row_probs[:size])
+        for row_ids, row_probs, size in zip(ids, probs, sizes, strict=True)
+    ]
+
+
 def filtered_logits(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
     """Per row [B, V]: temperature-scaled logits with top-k and top-p (nucleus) filtering."""
     device = logits.device

@@ -10,7 +10,11 @@ from transformers import PreTrainedTokenizerBase
 
 from engine.detokenizer import IncrementalDetokenizer
 from engine.outputs import FinishReason, SequenceOutput, TokenLogprob
-from engine.sampling import SamplingParams, sample_batch, token_logprobs
+from engine.sampling import SamplingParams, Shortlist, sample_batch, token_logprobs
+
+# What `choose` returns to keep none of the candidates yet: the sequence proposes again (more
+# candidates) at the same position next step, and the engine commits nothing for it this step.
+EVALUATE_MORE = -1
 
 
 class Status(enum.Enum):
@@ -33,9 +37,14 @@ class Sequence:
     - `propose() -> list[int] | None`: the candidate tokens (at most the runner's
       `max_candidates`) to evaluate side by side at the next position; None once finished.
     - `choose(hidden, probe) -> int`: which candidate to keep, given their penultimate-layer
-      states [M, d] and, when the runner has a probe layer, that layer's states [M, d].
-    - `advance(logits) -> int`: the kept candidate's next-token logits; returns -1, or how
-      many output tokens the slot keeps (the engine rolls the cache back to that length).
+      states [M, d] and, when the runner has a probe layer, that layer's states [M, d]; or
+      `EVALUATE_MORE`: keep none, propose again (more candidates) at the same position.
+    - `shortlist_wanted() -> (size, temperature) | None`: whether `advance` also wants the
+      top tokens of its logits with their probabilities, computed by the engine for all such
+      rows at once.
+    - `advance(logits, shortlist) -> int`: the kept candidate's next-token logits [V] (and
+      their shortlist, if wanted); returns -1, or how many output tokens the slot keeps (the
+      engine rolls the cache back to that length).
     - `take_output() -> SequenceOutput | None`: what to send the client since the last call.
     - `buffer_bytes()`: bytes of hidden states held, for the memory gauge.
     """
@@ -113,8 +122,12 @@ class Sequence:
         """Pick one of the proposed candidates given their penultimate (and probe) states."""
         return 0
 
-    def advance(self, logits: torch.Tensor) -> int:
-        """Receive the chosen candidate's next-token logits [V].
+    def shortlist_wanted(self) -> tuple[int, float] | None:
+        """Size and temperature of the shortlist `advance` wants (None: plain decoding)."""
+        return None
+
+    def advance(self, logits: torch.Tensor, shortlist: Shortlist | None = None) -> int:
+        """Receive the chosen candidate's next-token logits [V] (and the shortlist, if wanted).
 
         Returns -1, or the number of output tokens the slot keeps (a rollback).
         """

@@ -10,8 +10,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from engine.outputs import SequenceOutput
-from engine.sampling import SamplingParams
-from engine.sequence import Sequence
+from engine.sampling import SamplingParams, Shortlist
+from engine.sequence import EVALUATE_MORE, Sequence
 from guard import scoring
 from guard.config import EvidenceCheck, GuardConfig, SegmentEvidence
 from guard.report import GlobalReport, GuardReport, SegmentReport
@@ -20,26 +20,6 @@ Embedder = Callable[[list[int]], torch.Tensor]
 RiskScorer = Callable[[torch.Tensor], torch.Tensor]
 SENTENCE_ENDS = (".", "!", "?")
 CLAUSE_ENDS = (*SENTENCE_ENDS, ",", ";", ":")
-
-
-@dataclass(frozen=True)
-class Shortlist:
-    """The few most likely next tokens at one position and their probabilities (Eq. 5's P)."""
-
-    ids: list[int]
-    probs: torch.Tensor
-
-    @classmethod
-    def from_logits(cls, logits: torch.Tensor, size: int, temperature: float) -> Shortlist:
-        """Top `size` tokens with full-vocabulary softmax probabilities at `temperature`."""
-        probs = torch.softmax(logits.float() / temperature, dim=-1)
-        top = torch.topk(probs, size)
-        return cls(top.indices.tolist(), top.values)
-
-    def without(self, banned: set[int], count: int) -> tuple[list[int], torch.Tensor]:
-        """The first `count` tokens that are not banned, with their probabilities."""
-        keep = [i for i, token in enumerate(self.ids) if token not in banned][:count]
-        return [self.ids[i] for i in keep], self.probs[keep]
 
 
 @dataclass
@@ -90,6 +70,9 @@ class GuardedSequence(Sequence):
 
     Each step proposes the top-M candidates of the current position; the tree step returns
     their hidden states and next-token logits; the best-scoring candidate is kept (Eq. 5-7).
+    Only the most likely candidate is evaluated first: the others are evaluated (on the next
+    step) only when one of them could still outscore it, so the choice is the same as if all M
+    were scored, while most steps cost one row, not M.
     A segment closes at a boundary and is scored (Eq. 8-12): accepted segments join the chain,
     weak ones are regenerated from the window around their weakest token (Eq. 13) by rolling
     the slot back, failing ones end the chain. At the end the chain is checked (Eq. 14-18).
@@ -133,6 +116,7 @@ class GuardedSequence(Sequence):
         self._first_options = Shortlist([], torch.empty(0))
         self._next = self._first_options
         self._proposed: tuple[list[int], torch.Tensor] = ([], torch.empty(0))
+        self._evaluate_all = self.explore
         self._ended = False
         self._step_started = 0.0
 
@@ -147,24 +131,36 @@ class GuardedSequence(Sequence):
         self._open_segment()
 
     def propose(self) -> list[int] | None:
-        """Top-M candidates at the next position, minus tokens banned there by refinement."""
+        """Top-M candidates at the next position, minus tokens banned there by refinement:
+        the most likely one alone first, all M when it could be outscored (see `choose`)."""
         if self.finished:
             return None
         banned = self._segment.banned.get(len(self._segment.tokens), set())
         self._proposed = self._next.without(banned, self.config.num_candidates)
         self._step_started = time.perf_counter()
-        return self._proposed[0]
+        tokens = self._proposed[0]
+        return tokens if self._evaluate_all else tokens[:1]
 
     def choose(self, hidden: torch.Tensor, probe: torch.Tensor | None = None) -> int:
-        """Score the candidates from their states (Eq. 5-6) and keep the best one (Eq. 7)."""
+        """Score the candidates from their states (Eq. 5-6) and keep the best one (Eq. 7).
+
+        Given fewer states than candidates, returns `EVALUATE_MORE` when an unscored candidate
+        could beat the scored ones (`scoring.unscored_bound`).
+        """
         tokens, probs = self._proposed
         segment = self._segment
         hidden = hidden.cpu()  # the guard's arithmetic runs on the CPU, wherever the model is
+        scored = probs[: len(hidden)]
         risks = None if self.risk is None or probe is None else self.risk(probe)
         if risks is None:
-            f = scoring.token_scores(hidden.float(), segment.mean, probs, self.config.lam)
+            f = scoring.token_scores(hidden.float(), segment.mean, scored, self.config.lam)
         else:
-            f = scoring.probe_token_scores(risks.cpu(), probs, self.config.lam)
+            f = scoring.probe_token_scores(risks.cpu(), scored, self.config.lam)
+        unscored = probs[len(hidden) :]
+        if float(f.max()) < scoring.unscored_bound(unscored, self.config.lam):
+            self._evaluate_all = True
+            return EVALUATE_MORE
+        self._evaluate_all = self.explore
         chosen, passed = scoring.select_candidate(f, self.config.tau_token)
         if self.explore:
             chosen = self._sample_choice(f, probs)
@@ -181,12 +177,17 @@ class GuardedSequence(Sequence):
         self._track_buffer()
         return chosen
 
-    def advance(self, logits: torch.Tensor) -> int:
-        """Take the chosen token's next-token logits; close the segment at a boundary.
+    def shortlist_wanted(self) -> tuple[int, float]:
+        """Size and temperature of the next position's candidate shortlist (Eq. 5's P)."""
+        return self.config.num_candidates + self.config.n_max + 1, self.config.score_temperature
+
+    def advance(self, logits: torch.Tensor, shortlist: Shortlist | None = None) -> int:
+        """Take the chosen token's next-token logits (or their shortlist, when the engine
+        computed it); close the segment at a boundary.
 
         Returns -1, or the output length to roll the slot back to (refinement, re-decode).
         """
-        self._next = self._shortlist(logits)
+        self._next = shortlist if shortlist is not None else self._shortlist(logits)
         self.report.timings.token_s += time.perf_counter() - self._step_started
         last = self._segment.tokens[-1].token if self._segment.tokens else None
         final = self._ended or self._out_of_room() or self._hit_stop_string()
@@ -422,8 +423,7 @@ class GuardedSequence(Sequence):
         return "length" if self._out_of_room() else "stop"
 
     def _shortlist(self, logits: torch.Tensor) -> Shortlist:
-        size = self.config.num_candidates + self.config.n_max + 1
-        return Shortlist.from_logits(logits.cpu(), size, self.config.score_temperature)
+        return Shortlist.from_logits(logits, *self.shortlist_wanted())
 
     def _chain_tokens(self) -> int:
         return sum(len(s.token_ids) for s in self.chain)

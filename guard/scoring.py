@@ -36,6 +36,17 @@ def probe_token_scores(
     return lam * (1 - candidate_risk) + (1 - lam) * candidate_probs
 
 
+def unscored_bound(unscored_probs: torch.Tensor, lam: float) -> float:
+    """The highest F_tok (Eq. 6) a candidate not yet evaluated could reach: its hidden-state
+    term (cos, or 1 - probe risk) is at most 1, so F_tok <= lam + (1 - lam) P(a); -inf if none.
+
+    A scored candidate at or above this bound is the choice Eq. 7 makes among all of them.
+    """
+    if len(unscored_probs) == 0:
+        return float("-inf")
+    return lam + (1 - lam) * float(unscored_probs.max())
+
+
 def select_candidate(
     scores: torch.Tensor, tau_token: float, banned: torch.Tensor | None = None
 ) -> tuple[int, bool]:

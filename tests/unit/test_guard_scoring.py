@@ -46,6 +46,19 @@ def test_select_candidate_best_passing_and_banned() -> None:
     assert scoring.select_candidate(scores, 0.4, torch.tensor([False, True, True])) == (0, False)
 
 
+def test_unscored_bound_caps_what_an_unevaluated_candidate_could_score() -> None:
+    assert scoring.unscored_bound(t(0.2, 0.1), 0.6) == pytest.approx(0.6 + 0.4 * 0.2)
+    assert scoring.unscored_bound(t(0.3), 0.0) == pytest.approx(0.3)
+    assert scoring.unscored_bound(torch.empty(0), 0.6) == float("-inf")
+    # No hidden-state term (at most 1) lifts a candidate above the bound.
+    probs, lam = t(0.25, 0.05), 0.6
+    best = scoring.token_scores(torch.ones(2, 3), torch.ones(3), probs, lam).max()
+    assert float(best) <= scoring.unscored_bound(probs, lam) + 1e-6
+    assert float(scoring.probe_token_scores(torch.zeros(2), probs, lam).max()) == pytest.approx(
+        scoring.unscored_bound(probs, lam)
+    )
+
+
 def test_select_candidate_none_passes_takes_best() -> None:
     assert scoring.select_candidate(t(0.1, 0.2), 0.4) == (1, False)
 

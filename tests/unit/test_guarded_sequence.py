@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import cast
 
 import pytest
 import torch
@@ -10,15 +11,14 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from engine.detokenizer import IncrementalDetokenizer
 from engine.llm_engine import LLMEngine
-from engine.model_runner import ModelRunner
+from engine.model_runner import ModelRunner, TreeOutput
 from engine.outputs import SequenceOutput
-from engine.sampling import SamplingParams
+from engine.sampling import SamplingParams, Shortlist
 from engine.sequence import Sequence
 from guard.config import EvidenceCheck, GuardConfig, SegmentEvidence
 from guard.guarded_sequence import (
     GuardedSequence,
     RiskScorer,
-    Shortlist,
     TokenRecord,
     marker_joint,
 )
@@ -225,9 +225,71 @@ def test_chosen_token_is_the_best_scoring_candidate(
     seq = guarded(engine, tiny_tokenizer, "c", num_candidates=candidates, max_tokens=4)
     engine.add(seq)
     engine.step()
+    if not seq._segment.tokens:  # the most likely candidate could be outscored: all M next
+        engine.step()
     record = seq._segment.tokens[0]
     assert record.token in record.options.ids[:candidates]
     assert torch.isfinite(torch.tensor(record.score))
+
+
+def count_candidate_rows(runner: ModelRunner, rows: dict[str, int], name: str) -> None:
+    """Add the candidate rows of each of `runner`'s tree steps to `rows[name]`."""
+    tree_step = runner.tree_step
+
+    def counting(slots: list[int], candidates: list[list[int]]) -> TreeOutput:
+        rows[name] = rows.get(name, 0) + sum(len(c) for c in candidates)
+        return tree_step(slots, candidates)
+
+    runner.tree_step = counting  # type: ignore[method-assign]
+
+
+class EveryCandidate(GuardedSequence):
+    """The eager reading of Eq. 5-7: every step evaluates all M candidates."""
+
+    def propose(self) -> list[int] | None:
+        return None if super().propose() is None else self._proposed[0]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"lam": 0.0}, {"lam": 0.6}, {"lam": 0.6, "score_temperature": 2.0}, {"lam": 1.0}],
+)
+@pytest.mark.parametrize("with_probe", [False, True])
+def test_evaluating_the_likeliest_candidate_first_keeps_eager_choices(
+    tiny_llama: LlamaForCausalLM,
+    tiny_tokenizer: PreTrainedTokenizerFast,
+    settings: dict[str, float],
+    with_probe: bool,
+) -> None:
+    loose = {"tau_token": 0.0, "tau_low": 0.0, "tau_high": 0.0, "tau_global": 0.0}
+    risk = cast(RiskScorer, lambda states: torch.sigmoid(states[:, 0] * 50)) if with_probe else None
+    rows: dict[str, int] = {}
+    chosen: dict[str, list[int]] = {}
+    for name, kind in (("lazy", GuardedSequence), ("eager", EveryCandidate)):
+        engine = make_engine(tiny_llama)
+        if with_probe:
+            engine.runner.probe_layer = 1
+        count_candidate_rows(engine.runner, rows, name)
+        config = GuardConfig.model_validate({"enabled": True, **loose, **settings})
+        seq = kind(
+            name,
+            PROMPT,
+            SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True),
+            tiny_tokenizer,
+            EOS,
+            256,
+            config,
+            engine.runner.embed,
+            risk=risk,
+        )
+        run(engine, [seq])
+        chosen[name] = seq.output_ids
+    assert chosen["lazy"] == chosen["eager"]
+    assert len(chosen["lazy"]) == 16
+    assert rows["eager"] == 16 * 4
+    if settings["lam"] == 0.0:  # F_tok is P(a) alone: the likeliest candidate always wins
+        assert rows["lazy"] == 16
+    assert rows["lazy"] <= 16 * 5  # at worst one row, then all four again, a token
 
 
 def test_stop_string_ends_guarded_decoding(
@@ -315,7 +377,8 @@ def test_probe_risk_replaces_the_cosine_in_the_token_score(
     outputs = run(engine, [seq])["q"]
     report = outputs[-1].report
     assert report is not None and report.global_check is not None
-    assert seen and all(s.shape == (4, tiny_llama.config.hidden_size) for s in seen)
+    hidden = tiny_llama.config.hidden_size
+    assert seen and all(s.shape in ((1, hidden), (4, hidden)) for s in seen)
     assert report.global_check.probe_risk == pytest.approx(0.25)
     assert report.global_check.f_fact == pytest.approx(0.75)
     assert all(s.probe_risk == pytest.approx(0.25) for s in report.segments)
@@ -334,10 +397,11 @@ def test_the_answer_risk_is_the_last_tokens_risk(
         calls.append(len(calls) + 1)
         return torch.full((states.shape[0],), calls[-1] / 100)
 
-    seq = guarded(engine, tiny_tokenizer, "r", risk=risk, tau_low=0.0, tau_high=0.0, tau_global=0)
+    loose = {"tau_low": 0.0, "tau_high": 0.0, "tau_global": 0.0, "lam": 0.0}
+    seq = guarded(engine, tiny_tokenizer, "r", risk=risk, **loose)
     report = run(engine, [seq])["r"][-1].report
     assert report is not None and report.global_check is not None
-    assert len(calls) == 24  # one tree step per token, nothing refined
+    assert len(calls) == 24  # one tree step per token (lam 0: the likeliest wins), no refining
     assert report.global_check.probe_risk == pytest.approx(0.24)
     assert report.global_check.f_fact == pytest.approx(0.76)
     assert report.segments[0].probe_risk == pytest.approx(sum(calls[:6]) / 6 / 100)

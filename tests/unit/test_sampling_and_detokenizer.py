@@ -6,7 +6,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from engine.detokenizer import IncrementalDetokenizer
-from engine.sampling import SamplingParams, filtered_logits, sample_batch
+from engine.sampling import SamplingParams, Shortlist, filtered_logits, sample_batch, shortlists
 
 
 def test_greedy_takes_the_argmax_of_every_row() -> None:
@@ -86,3 +86,15 @@ def test_detokenizer_cuts_at_a_stop_string_and_holds_back_its_prefix(
     assert detok.stopped
     assert detok.text == "w5 w6 "
     assert "".join(pieces) + detok.flush() == "w5 w6 "
+
+
+def test_batched_shortlists_match_each_rows_softmax_and_top_tokens() -> None:
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(4)) * 4
+    sizes, temperatures = [2, 5, 3], [0.3, 1.0, 2.0]
+    for row, got in enumerate(shortlists(logits, sizes, temperatures)):
+        probs = torch.softmax(logits[row] / temperatures[row], dim=-1)
+        top = torch.topk(probs, sizes[row])
+        assert got.ids == top.indices.tolist()
+        torch.testing.assert_close(got.probs, top.values)
+    one = Shortlist.from_logits(logits[1], 5, 1.0)
+    assert one.without({one.ids[0]}, 2)[0] == one.ids[1:3]
