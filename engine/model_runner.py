@@ -235,7 +235,7 @@ class ModelRunner:
         mask = relation.gather(2, lookup) & is_new[:, None, :]
         mask |= torch.arange(kv_len, device=self.device)[None, None, :] < start[:, None, None]
         mask[:, :, 0] |= ~is_real
-        self.cache.plan(torch.tensor(slots, device=self.device), write, kv_len)
+        self.cache.plan(slots, write, kv_len)
         # Padding goes to position 0: past a short row's end it could leave the rotary table.
         positions = torch.where(is_real, start[:, None] + relative_positions, 0)
         if self.native is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass
 
@@ -28,12 +29,14 @@ class Scheduler:
     A running sequence whose prompt is not all in its slot yet is prefilling; each step
     gives prefilling sequences (oldest first) prompt chunks within a token budget, so a long
     prompt is spread over several steps and the decoding sequences keep moving meanwhile.
+    A new sequence takes the lowest free slot, and batches list their rows by slot, so a
+    busy engine's rows are mostly consecutive slots (which the cache reads without copying).
     """
 
     def __init__(self, num_slots: int, max_prefill_tokens: int) -> None:
         if max_prefill_tokens < 1:
             raise ValueError("max_prefill_tokens must be positive")
-        self.free_slots = list(range(num_slots - 1, -1, -1))
+        self.free_slots = list(range(num_slots))  # a heap: the lowest free slot first
         self.max_prefill_tokens = max_prefill_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -48,14 +51,14 @@ class Scheduler:
         admitted: list[Sequence] = []
         while self.waiting and self.free_slots:
             seq = self.waiting.popleft()
-            seq.slot = self.free_slots.pop()
+            seq.slot = heapq.heappop(self.free_slots)
             self.prefilled[seq.request_id] = 0
             admitted.append(seq)
             self.running.append(seq)
         return admitted
 
     def prefill_chunks(self) -> list[PrefillChunk]:
-        """This step's prompt chunks, oldest sequence first, within the token budget."""
+        """This step's prompt chunks, oldest sequence first within the token budget, by slot."""
         chunks: list[PrefillChunk] = []
         budget = self.max_prefill_tokens
         for seq in self.running:
@@ -65,7 +68,7 @@ class Scheduler:
             end = min(len(seq.prompt_ids), done + budget)
             chunks.append(PrefillChunk(seq, done, end))
             budget -= end - done
-        return chunks
+        return sorted(chunks, key=lambda chunk: chunk.seq.slot)
 
     def advance_prefill(self, chunk: PrefillChunk) -> None:
         """Record a chunk as in the slot; a completed prompt makes its sequence decode."""
@@ -75,15 +78,16 @@ class Scheduler:
             self.prefilled[chunk.seq.request_id] = chunk.end
 
     def decoding(self) -> list[Sequence]:
-        """Running sequences whose prompts are all in their slots."""
-        return [s for s in self.running if s.request_id not in self.prefilled]
+        """Running sequences whose prompts are all in their slots, by slot."""
+        decoding = [s for s in self.running if s.request_id not in self.prefilled]
+        return sorted(decoding, key=lambda seq: seq.slot)
 
     def release(self, seq: Sequence) -> None:
         """Take a sequence out of the queues and free its slot."""
         self.prefilled.pop(seq.request_id, None)
         if seq in self.running:
             self.running.remove(seq)
-            self.free_slots.append(seq.slot)
+            heapq.heappush(self.free_slots, seq.slot)
         elif seq in self.waiting:
             self.waiting.remove(seq)
         seq.slot = -1
