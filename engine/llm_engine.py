@@ -32,7 +32,7 @@ class StepResult:
 class LLMEngine:
     """Ties scheduler and runner together; a sequence decides its own tokens."""
 
-    def __init__(self, runner: ModelRunner, max_prefill_tokens: int = 512) -> None:
+    def __init__(self, runner: ModelRunner, max_prefill_tokens: int = 2048) -> None:
         """`max_prefill_tokens`: prompt tokens put into the cache per step (chunked prefill)."""
         self.runner = runner
         self.scheduler = Scheduler(runner.num_slots, max_prefill_tokens)

@@ -23,6 +23,7 @@ FLAG_GROUPS: dict[str, list[str]] = {
     "engines": [
         "plain_engine",
         "max_num_seqs",
+        "max_prefill_tokens",
         "device",
         "torch_runners",
         "tensor_parallel_size",

@@ -29,6 +29,14 @@ class ServerConfig(BaseModel):
         description="Sequences decoded at once per engine; also the most one request may ask "
         "for (n x guard chains).",
     )
+    max_prefill_tokens: int = Field(
+        2048,
+        ge=1,
+        le=1 << 20,
+        description="Prompt tokens the torch engine puts into its cache per step (chunked "
+        "prefill): lower keeps running streams moving while long prompts arrive, higher "
+        "gives a burst of new requests their first token sooner.",
+    )
     max_queue: int = Field(
         256, ge=0, description="Sequences allowed to wait beyond max_num_seqs before 429."
     )

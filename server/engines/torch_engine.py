@@ -52,11 +52,12 @@ class TorchEngine:
         tokenizer: PreTrainedTokenizerBase,
         label: str | None = None,
         probe: HallucinationProbe | None = None,
+        max_prefill_tokens: int = 2048,
     ) -> None:
         self.runner = runner
         self.tokenizer = tokenizer
         self.eos_token_ids = runner.eos_token_ids(tokenizer)
-        self.core = LLMEngine(runner)
+        self.core = LLMEngine(runner, max_prefill_tokens)
         self.label = label or f"torch-{runner.device}"
         self.probe = probe
         self._active = 0
