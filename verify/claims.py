@@ -161,6 +161,8 @@ _DATE_PATTERNS = [
     re.compile(rf"\b{_MONTH.format(g='m')}\b", re.I),
 ]
 
+# A list's item number ("1. ", "2) ") at a line start or after a colon: layout, not a claim.
+_LIST_MARKER_RE = re.compile(r"(?m)(?:^|(?<=:\s))[ \t]*(?P<n>\d{1,2}[.)])(?=\s)")
 _GLUED_PERIOD = r"(?<=[A-Za-z0-9)\]\"'])\.(?=[A-Z][a-z])"
 _FULL_DATE_PATTERNS = 4  # the first patterns state a year with a month (and day): safe to run first
 _LEADING_ARTICLE = re.compile(r"^(?:the|a|an)\s+")
@@ -450,9 +452,11 @@ def extract_claims(text: str) -> list[Claim]:
         return next((s for s in sentences if s[0] <= pos < s[1]), sentences[-1])
 
     claims: list[Claim] = []
+    markers = [m.span("n") for m in _LIST_MARKER_RE.finditer(text)]
 
     def free(start: int, end: int) -> bool:
-        return all(end <= c.start or c.end <= start for c in claims)
+        taken = [(c.start, c.end) for c in claims] + markers
+        return all(end <= s or e <= start for s, e in taken)
 
     for pattern, kind in ((_MONEY_RE, "money"), (_PERCENT_RE, "percent")):
         for match in pattern.finditer(text):

@@ -122,3 +122,19 @@ def test_glued_sentences_are_split() -> None:
 def test_no_claims_in_a_plain_answer() -> None:
     assert extract_claims("I am not sure about that.") == []
     assert extract_claims("") == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1. Set a specific goal for each study session.",
+        "Here are three tips: 1. Take short breaks.\n2) Put the phone away.",
+    ],
+)
+def test_list_item_numbers_are_not_claims(text: str) -> None:
+    assert not [c for c in extract_claims(text) if c.text in ("1", "2", "1.", "2)")]
+
+
+def test_a_sentence_ending_in_a_number_keeps_its_claim() -> None:
+    claims = extract_claims("Revenue rose in 2024. Costs fell by 12. Then it grew.")
+    assert {c.text for c in claims} >= {"2024", "12"}
