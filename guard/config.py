@@ -34,7 +34,11 @@ class GuardConfig(BaseModel):
         "'verify': plain decoding whose answer is checked afterwards.",
     )
     num_candidates: int = Field(
-        4, ge=1, le=MAX_CANDIDATES, description="M: candidate tokens scored per step (Eq. 5)."
+        4,
+        ge=1,
+        le=MAX_CANDIDATES,
+        description="M: candidate tokens per step (Eq. 5); the likeliest is evaluated first, "
+        "the others only when one of them could outscore it.",
     )
     lam: float = Field(
         0.6, ge=0.0, le=1.0, description="lambda: weight of hidden-state cosine vs. probability."
