@@ -24,7 +24,7 @@ class ForwardStates:
 
 @dataclass(frozen=True)
 class _Layer:
-    """One decoder block's weights, each [in, out]: fused QKV (and bias), output, fused
+    """One decoder block's weights, each [out, in]: fused QKV (and bias), output, fused
     gate-up, down; and the two norms."""
 
     qkv: torch.Tensor
@@ -60,18 +60,19 @@ def unsupported_reason(model: PreTrainedModel) -> str | None:
     return None
 
 
-def _share_transposed(linears: tuple[torch.nn.Linear, ...]) -> torch.Tensor:
-    """The linears' weights side by side as one contiguous [in, sum(out)] matrix.
+def _share_rows(linears: tuple[torch.nn.Linear, ...]) -> torch.Tensor:
+    """The linears' weights stacked as one contiguous [sum(out), in] matrix.
 
-    Each linear's weight becomes a (transposed) view into it, so the transformers model keeps
-    working on the same memory; `x @ matrix` is then one matmul for all of them, and on the
-    CPU faster than `F.linear` over [out, in] rows for the few-token batches of decoding.
+    Each linear's weight becomes a view of its rows, so the transformers model keeps working on
+    the same memory; `F.linear(x, matrix)` is then one product for all of them. (On this CPU
+    that beats `x @ W` over a transposed [in, out] copy by 11-25% a decode step in bf16, and is
+    within 9% either way in fp32.)
     """
-    fused = torch.cat([m.weight.detach().t() for m in linears], dim=1).contiguous()
+    fused = torch.cat([m.weight.detach() for m in linears], dim=0).contiguous()
     offset = 0
     for linear in linears:
         width = linear.weight.shape[0]
-        linear.weight.data = fused[:, offset : offset + width].t()
+        linear.weight.data = fused[offset : offset + width]
         offset += width
     return fused
 
@@ -93,7 +94,7 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 class LlamaForward:
     """The decoder of a loaded transformers Llama-family model, as a few fused matmuls per block.
 
-    Weights are the loaded model's, re-laid as [in, out] matrices (Q/K/V fused, gate/up fused)
+    Weights are the loaded model's, stacked into [out, in] matrices (Q/K/V fused, gate/up fused)
     that the model's own linears then view, so no weight is held twice; rotary tables are
     precomputed by the model's own rotary module, so rope_theta and rope scaling are the
     config's. `forward` writes the new K/V through the slot cache's planned positions and
@@ -129,11 +130,11 @@ class LlamaForward:
         if attn.q_proj.bias is not None:
             bias = torch.cat([p.bias.detach() for p in projections])
         return _Layer(
-            qkv=_share_transposed(projections),
+            qkv=_share_rows(projections),
             qkv_bias=bias,
-            out=_share_transposed((attn.o_proj,)),
-            gate_up=_share_transposed((mlp.gate_proj, mlp.up_proj)),
-            down=_share_transposed((mlp.down_proj,)),
+            out=_share_rows((attn.o_proj,)),
+            gate_up=_share_rows((mlp.gate_proj, mlp.up_proj)),
+            down=_share_rows((mlp.down_proj,)),
             attn_norm=layer.input_layernorm.weight.detach(),
             mlp_norm=layer.post_attention_layernorm.weight.detach(),
         )
@@ -159,9 +160,7 @@ class LlamaForward:
         for index, layer in enumerate(self.layers):
             penultimate = x
             h = _rms_norm(x, layer.attn_norm, self.eps)
-            qkv = h @ layer.qkv
-            if layer.qkv_bias is not None:
-                qkv = qkv + layer.qkv_bias
+            qkv = F.linear(h, layer.qkv, layer.qkv_bias)
             q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
             q = _rotate(q.view(batch, width, self.heads, self.head_dim), cos, sin)
             k = _rotate(k.view(batch, width, self.kv_heads, self.head_dim), cos, sin)
@@ -174,10 +173,10 @@ class LlamaForward:
                 attn_mask=attn_mask,
                 enable_gqa=self.kv_heads != self.heads,
             )
-            x = x + attn.transpose(1, 2).reshape(batch, width, q_size) @ layer.out
+            x = x + F.linear(attn.transpose(1, 2).reshape(batch, width, q_size), layer.out)
             h = _rms_norm(x, layer.mlp_norm, self.eps)
-            gate, up = (h @ layer.gate_up).chunk(2, dim=-1)
-            x = x + (F.silu(gate) * up) @ layer.down
+            gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, layer.down)
             if probe_layer == index + 1:
                 probe = x
         final = _rms_norm(x, self.norm, self.eps)
