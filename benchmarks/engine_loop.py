@@ -24,27 +24,21 @@ from engine.model_store import resolve_model
 from engine.sampling import SamplingParams
 from engine.sequence import Sequence
 from guard.config import GuardConfig
-from guard.guarded_sequence import GuardedSequence
+from guard.guarded_sequence import GuardedSequence, RiskScorer
 from guard.probe import GuardAssets, find_guard_dir
 
 
 def add_round(
     engine: LLMEngine,
     tokenizer: PreTrainedTokenizerBase,
-    assets: GuardAssets | None,
+    guard: tuple[GuardConfig, RiskScorer] | None,
     batch: int,
     max_tokens: int,
-    paper: bool = False,
 ) -> None:
-    """Queue `batch` rows, guarded when `assets` is given: with the model's calibrated
-    defaults, or the paper's preset."""
+    """Queue `batch` rows: plain, or guarded with these settings and probe."""
     runner = engine.runner
     eos = runner.eos_token_ids(tokenizer)
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
-    guard = None
-    if assets is not None:
-        config = GuardConfig.paper(enabled=True) if paper else assets.defaults(enabled=True)
-        guard = (config, assets.probe.risk)
     for row in range(batch):
         messages = [{"role": "user", "content": PROMPTS[row % len(PROMPTS)]}]
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -106,11 +100,14 @@ def main() -> None:
         if mode != "plain" and assets is None:
             raise SystemExit("guarded rows need the model's probe (guard/probes/MODEL)")
         engine = LLMEngine(runner)
-        round_assets = assets if mode != "plain" else None
-        paper = mode == "guard-paper"
-        add_round(engine, tokenizer, round_assets, args.batch, args.max_tokens, paper)
+        guard = None
+        if assets is not None and mode != "plain":
+            paper = mode == "guard-paper"
+            config = GuardConfig.paper(enabled=True) if paper else assets.defaults(enabled=True)
+            guard = (config, assets.probe.risk)
+        add_round(engine, tokenizer, guard, args.batch, args.max_tokens)
         run_round(engine, None)  # warm-up
-        add_round(engine, tokenizer, round_assets, args.batch, args.max_tokens, paper)
+        add_round(engine, tokenizer, guard, args.batch, args.max_tokens)
         profile = cProfile.Profile() if args.profile else None
         steps, wall = run_round(engine, profile)
         tokens = args.batch * args.max_tokens
