@@ -53,10 +53,12 @@ class RolloutPolicy:
                     merged = merged + layer.get_delta_weight(adapter)
                 target.weight.copy_(merged)
                 written += 1
-            return written
-        own = dict(self.model.named_parameters())
-        for name, parameter in policy.named_parameters():
-            if name in own:
-                own[name].copy_(parameter)
-                written += 1
+        else:
+            own = dict(self.model.named_parameters())
+            for name, parameter in policy.named_parameters():
+                if name in own:
+                    own[name].copy_(parameter)
+                    written += 1
+        if self.runner.native is not None:
+            self.runner.native.repack()
         return written

@@ -1,10 +1,13 @@
 """Serving benchmark: concurrent streaming requests per engine and mode; tokens/s and latency.
 
-Starts each server itself on 127.0.0.1 and prints one table: vLLM plain, torch plain and torch
-guarded per concurrency, then the ratios torch plain / vLLM plain and guarded / vLLM plain
-(tokens/s and TTFT p50). Not a test: run it by hand on an idle machine and read the figures.
+Starts every engine's server at once on 127.0.0.1 and measures their cells interleaved: per
+repeat, per concurrency, each engine and mode in turn, so a slow spell of the machine falls on
+all of them alike. Prints every cell, then per concurrency the ratios torch plain / vLLM plain
+and guarded / vLLM plain (tokens/s and TTFT p50) as the median over repeats with their range.
+Not a test: run it by hand on an idle machine and read the figures.
 
-    python -m benchmarks.serving --engines vllm torch --concurrency 1 8 32 --modes plain guard
+    python -m benchmarks.serving --engines vllm torch --concurrency 1 8 32 --modes plain guard \
+        --repeats 3
 """
 
 from __future__ import annotations
@@ -16,14 +19,14 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import psutil
 from openai import AsyncOpenAI
 
-from benchmarks.launcher import serve
+from benchmarks.launcher import RunningServer, serve
 from benchmarks.prompts import PROMPTS
 from engine.model_store import DEFAULT_MODEL
 
@@ -50,6 +53,8 @@ class Row:
     guard_token_s: float | None = None
     guard_segment_s: float | None = None
     guard_refinement_s: float | None = None
+    # Which pass over all cells this is (cells of one repeat ran back to back).
+    repeat: int = 0
 
 
 # The guard settings of each mode; `guard-clause` closes segments at clause ends too.
@@ -171,38 +176,48 @@ def guard_breakdown(reports: list[dict]) -> dict[str, float]:
     }
 
 
-def run_engine(args: argparse.Namespace, engine: str) -> list[Row]:
-    """Start a server with this plain engine and measure every mode and concurrency on it."""
+def start_servers(args: argparse.Namespace, stack: ExitStack) -> dict[str, RunningServer]:
+    """One server per engine (same dtype and batch size), all running until the stack closes."""
+    servers = {}
+    for engine in args.engines:
+        flags = ["--plain-engine", engine, "--max-num-seqs", str(max(args.concurrency))]
+        flags += ["--dtype", args.dtype]
+        log = Path(args.out).with_suffix(f".{engine}.log")
+        servers[engine] = stack.enter_context(serve(flags, log))
+    return servers
+
+
+def run_cells(args: argparse.Namespace, servers: dict[str, RunningServer]) -> list[Row]:
+    """Every (repeat, concurrency, engine, mode) cell in that order; vLLM runs plain only."""
     rows: list[Row] = []
-    modes = args.modes if engine == "torch" else ["plain"]
-    flags = ["--plain-engine", engine, "--max-num-seqs", str(max(args.concurrency))]
-    flags += ["--dtype", args.dtype]
-    log = Path(args.out).with_suffix(f".{engine}.log")
-    with serve(flags, log) as server:
+    for repeat in range(args.repeats):
         for concurrency in args.concurrency:
-            for mode in modes:
-                rounds = max(1, args.requests // concurrency)
-                with peak_rss(server.process.pid) as peak:
-                    row = asyncio.run(
-                        measure(
-                            server.openai_base_url,
-                            engine,
-                            mode,
-                            concurrency,
-                            rounds,
-                            args.max_tokens,
+            for engine, server in servers.items():
+                for mode in args.modes if engine == "torch" else ["plain"]:
+                    rounds = max(1, args.requests // concurrency)
+                    with peak_rss(server.process.pid) as peak:
+                        row = asyncio.run(
+                            measure(
+                                server.openai_base_url,
+                                engine,
+                                mode,
+                                concurrency,
+                                rounds,
+                                args.max_tokens,
+                            )
                         )
-                    )
-                row = replace(row, peak_rss_mib=round(peak[0] / 2**20, 1))
-                print(json.dumps(asdict(row)), flush=True)
-                rows.append(row)
+                    row = replace(row, peak_rss_mib=round(peak[0] / 2**20, 1), repeat=repeat)
+                    print(json.dumps(asdict(row)), flush=True)
+                    rows.append(row)
     return rows
 
 
 def ratios(rows: list[Row]) -> list[str]:
     """Per concurrency: torch plain / vLLM plain, torch guarded / vLLM plain and guarded / plain
-    on torch, in tokens/s and TTFT p50 (a ratio is left out when a side is missing)."""
-    cells = {(r.engine, r.mode, r.concurrency): r for r in rows}
+    on torch, in tokens/s and TTFT p50; each the median over repeats of the ratio within a
+    repeat, with the lowest and highest (a ratio is left out when a side is missing)."""
+    cells = {(r.engine, r.mode, r.concurrency, r.repeat): r for r in rows}
+    repeats = sorted({r.repeat for r in rows})
     pairs = [
         ("torch plain / vllm plain", ("torch", "plain"), ("vllm", "plain")),
         ("torch guard / vllm plain", ("torch", "guard"), ("vllm", "plain")),
@@ -212,19 +227,35 @@ def ratios(rows: list[Row]) -> list[str]:
     lines = []
     for concurrency in sorted({r.concurrency for r in rows}):
         for label, top, bottom in pairs:
-            a, b = cells.get((*top, concurrency)), cells.get((*bottom, concurrency))
-            if a is None or b is None or not b.tokens_per_s or not b.ttft_p50_s:
-                continue
-            lines.append(
-                f"conc {concurrency:>3}  {label:32} tokens/s {a.tokens_per_s / b.tokens_per_s:5.2f}"
-                f"  ttft50 {a.ttft_p50_s / b.ttft_p50_s:5.2f}"
-            )
+            speed, ttft = [], []
+            for repeat in repeats:
+                a = cells.get((*top, concurrency, repeat))
+                b = cells.get((*bottom, concurrency, repeat))
+                if a is None or b is None or not b.tokens_per_s or not b.ttft_p50_s:
+                    continue
+                speed.append(a.tokens_per_s / b.tokens_per_s)
+                ttft.append(a.ttft_p50_s / b.ttft_p50_s)
+            if speed:
+                lines.append(
+                    f"conc {concurrency:>3}  {label:32} tokens/s {spread(speed)}"
+                    f"  ttft50 {spread(ttft)}"
+                )
     return lines
+
+
+def spread(values: list[float]) -> str:
+    """The median, and with several values their range: '0.85 [0.80-0.91]'."""
+    text = f"{statistics.median(values):5.2f}"
+    if len(values) > 1:
+        text += f" [{min(values):.2f}-{max(values):.2f}]"
+    return text
 
 
 def print_table(rows: list[Row]) -> None:
     """Side-by-side table of every cell, then the throughput and TTFT ratios."""
-    header = f"{'engine':6} {'mode':12} {'conc':>4} {'req':>4} {'tok/s':>7} {'ttft50':>7}"
+    header = (
+        f"{'rep':>3} {'engine':6} {'mode':12} {'conc':>4} {'req':>4} {'tok/s':>7} {'ttft50':>7}"
+    )
     print(
         f"\n{header} {'lat50':>7} {'lat95':>7} {'RSS MiB':>8} {'seg1 words':>10}"
         f" {'token/seg/refine s':>20}"
@@ -236,7 +267,8 @@ def print_table(rows: list[Row]) -> None:
             else ""
         )
         print(
-            f"{r.engine:6} {r.mode:12} {r.concurrency:>4} {r.requests:>4} {r.tokens_per_s:>7}"
+            f"{r.repeat:>3} {r.engine:6} {r.mode:12} {r.concurrency:>4} {r.requests:>4}"
+            f" {r.tokens_per_s:>7}"
             f" {r.ttft_p50_s:>7} {r.latency_p50_s:>7} {r.latency_p95_s:>7}"
             f" {r.peak_rss_mib or '':>8} {r.first_segment_words or '':>10} {stages:>20}"
         )
@@ -256,6 +288,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32, help="Requests per cell (at least).")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument(
+        "--repeats", type=int, default=1, help="Passes over all cells (default: %(default)s)."
+    )
+    parser.add_argument(
         "--dtype",
         default="auto",
         choices=["auto", "float32", "bfloat16"],
@@ -264,7 +299,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench/serving.json")
     args = parser.parse_args()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    rows = [row for engine in args.engines for row in run_engine(args, engine)]
+    with ExitStack() as stack:
+        rows = run_cells(args, start_servers(args, stack))
     Path(args.out).write_text(json.dumps([asdict(r) for r in rows], indent=2))
     print_table(rows)
 

@@ -196,6 +196,8 @@ class ModelRunner:
     @torch.inference_mode()
     def logits(self, final_states: torch.Tensor) -> torch.Tensor:
         """Next-token logits (float32) from final-layer states [..., d]."""
+        if self.native is not None:
+            return self.native.head(final_states).float()
         return self.model.lm_head(final_states).float()
 
     def commit(self, slots: list[int], chosen: list[int]) -> None:

@@ -329,3 +329,34 @@ def test_embedded_model_compact_forward_matches_transformers() -> None:
     assert tokens == expected
     reference, _ = full_forward(runner.model, [*prompt, *tokens[:-1]])
     torch.testing.assert_close(runner.logits(step.final[0, 0]), reference, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+def test_prepacked_bfloat16_projections_give_the_same_states_and_follow_weight_writes() -> None:
+    models = [build_tiny_llama(seed=3).to(torch.bfloat16).requires_grad_(False) for _ in "ab"]
+    plain, packed = (
+        ModelRunner(model, num_slots=2, max_model_len=64, max_candidates=2, native=True)
+        for model in models
+    )
+    for projection in plain.native.projections():
+        projection.packed = None
+    assert all(p.packed is not None for p in packed.native.projections())
+
+    def step(runner: ModelRunner) -> tuple[torch.Tensor, torch.Tensor]:
+        for slot in (0, 1):
+            runner.truncate(slot, 0)
+        runner.extend([0, 1], [PROMPTS[0], PROMPTS[2]])
+        out = runner.tree_step([0, 1], [[11, 12], [13, 14]])
+        return runner.logits(out.final), out.hidden
+
+    for a, b in zip(step(plain), step(packed), strict=True):
+        assert torch.equal(a, b)
+    # A weight written in place (as the BALTO rollout copy is) reaches the packed copy on repack.
+    with torch.no_grad():
+        for model in models:
+            model.model.layers[1].mlp.down_proj.weight.mul_(-1)
+    stale = step(packed)
+    packed.native.repack()
+    for a, b in zip(step(plain), step(packed), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(stale[0], step(packed)[0])
