@@ -125,6 +125,26 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + rotated * sin
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """Moves per-token tensors between the padded [B, Q] layout and the packed real tokens."""
+
+    batch: int
+    width: int
+    real: torch.Tensor | None
+
+    def pack(self, padded: torch.Tensor) -> torch.Tensor:
+        """[B * Q, n] -> [tokens, n] (the real tokens' rows; all of them without padding)."""
+        return padded if self.real is None else padded.index_select(0, self.real)
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """[tokens, n] -> [B, Q, n], zeros at padding."""
+        if self.real is not None:
+            padded = packed.new_zeros(self.batch * self.width, packed.shape[-1])
+            packed = padded.index_copy_(0, self.real, packed)
+        return packed.view(self.batch, self.width, -1)
+
+
 class LlamaForward:
     """The decoder of a loaded transformers Llama-family model, as a few fused matmuls per block.
 
@@ -197,10 +217,17 @@ class LlamaForward:
         mask: torch.Tensor,
         cache: SlotKVCache,
         probe_layer: int | None,
+        real: torch.Tensor | None = None,
     ) -> ForwardStates:
-        """Run ids [B, Q] at positions [B, Q]; `cache.plan()` must have been called."""
+        """Run ids [B, Q] at positions [B, Q]; `cache.plan()` must have been called.
+
+        `real`: when rows are padded, the flat indices (into B * Q) of their real tokens. The
+        per-token work (norms, projections, MLP) then runs on those tokens only, packed, and
+        only attention sees the padded [B, Q] layout; states come back padded with zeros.
+        """
         batch, width = ids.shape
-        x = F.embedding(ids, self.embed)
+        rows = _Rows(batch, width, real)
+        x = F.embedding(rows.pack(ids.reshape(-1, 1)).squeeze(1), self.embed)
         cos = self.cos[positions][:, :, None]
         sin = self.sin[positions][:, :, None]
         attn_mask = mask[:, None]
@@ -211,7 +238,7 @@ class LlamaForward:
         for index, layer in enumerate(self.layers):
             penultimate = x
             h = _rms_norm(x, layer.attn_norm, self.eps)
-            qkv = layer.qkv(h)
+            qkv = rows.unpack(layer.qkv(h))
             q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
             q = _rotate(q.view(batch, width, self.heads, self.head_dim), cos, sin)
             k = _rotate(k.view(batch, width, self.kv_heads, self.head_dim), cos, sin)
@@ -224,7 +251,7 @@ class LlamaForward:
                 attn_mask=attn_mask,
                 enable_gqa=self.kv_heads != self.heads,
             )
-            x = x + layer.out(attn.transpose(1, 2).reshape(batch, width, q_size))
+            x = x + layer.out(rows.pack(attn.transpose(1, 2).reshape(batch * width, q_size)))
             h = _rms_norm(x, layer.mlp_norm, self.eps)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
             x = x + layer.down(F.silu(gate) * up)
@@ -233,4 +260,6 @@ class LlamaForward:
         final = _rms_norm(x, self.norm, self.eps)
         if probe_layer == len(self.layers):
             probe = final  # transformers' last hidden state is the normed one
+        final, penultimate = rows.unpack(final), rows.unpack(penultimate)
+        probe = None if probe is None else rows.unpack(probe)
         return ForwardStates(final, penultimate, probe)

@@ -241,7 +241,8 @@ class ModelRunner:
         # Padding goes to position 0: past a short row's end it could leave the rotary table.
         positions = torch.where(is_real, start[:, None] + relative_positions, 0)
         if self.native is not None:
-            states = self.native.forward(ids, positions, mask, self.cache, self.probe_layer)
+            real = None if bool(is_real.all()) else is_real.view(-1).nonzero().squeeze(1)
+            states = self.native.forward(ids, positions, mask, self.cache, self.probe_layer, real)
             probe = None if states.probe is None else states.probe.float()
             return TreeOutput(states.final, states.penultimate.float(), probe)
         base = self.model.model(

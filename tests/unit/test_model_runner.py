@@ -360,3 +360,15 @@ def test_prepacked_bfloat16_projections_give_the_same_states_and_follow_weight_w
     for a, b in zip(step(plain), step(packed), strict=True):
         assert torch.equal(a, b)
     assert not torch.equal(stale[0], step(packed)[0])
+
+
+def test_padded_prefill_packs_real_tokens_and_matches_rows_run_alone(
+    tiny_llama: LlamaForCausalLM,
+) -> None:
+    runner = ModelRunner(tiny_llama, num_slots=4, max_model_len=64, max_candidates=2, native=True)
+    together = runner.extend([0, 1, 2, 3], PROMPTS)  # widths 5, 2, 7, 1: padded to 7
+    for slot, prompt in enumerate(PROMPTS):
+        runner.truncate(slot, 0)
+        alone = runner.extend([slot], [prompt])
+        torch.testing.assert_close(together.logits[slot], alone.logits[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(together.hidden[slot], alone.hidden[0], atol=1e-5, rtol=1e-5)
