@@ -2,7 +2,9 @@
 
 Short by design (seconds): loads the default model, prefills B short prompts, then times
 `tree_step` + `commit` + `logits` + batched sampling, best of `--repeats`, and with `--profile`
-prints torch.profiler's top operators for one step.
+prints torch.profiler's top operators for one step. `--prefill` also times one prefill of B
+prompts of the serving benchmark's lengths; `--prepack both` times every cell with plain and
+with prepacked weights, alternated in one process (the machine's slow spells fall on both).
 
     python -m benchmarks.profile_step --batch 1 8 32 [--candidates 1 4] [--eager-hf] [--profile]
 """
@@ -10,10 +12,12 @@ prints torch.profiler's top operators for one step.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
 
+from engine.llama import LlamaForward
 from engine.model_runner import ModelRunner
 from engine.model_store import resolve_model
 from engine.sampling import SamplingParams, sample_batch
@@ -46,6 +50,33 @@ def time_steps(runner: ModelRunner, batch: int, width: int, steps: int, repeats:
     return best
 
 
+# Token counts of the serving benchmark's four prompts under the default model's chat template.
+PROMPT_LENGTHS = (71, 41, 54, 40)
+
+
+def time_prefill(runner: ModelRunner, batch: int, repeats: int) -> float:
+    """Best seconds for one `extend` of `batch` prompts of PROMPT_LENGTHS (cycled)."""
+    slots = list(range(batch))
+    lengths = [PROMPT_LENGTHS[i % len(PROMPT_LENGTHS)] for i in slots]
+    prompts = [[100 + (7 * i + j) % 900 for j in range(n)] for i, n in enumerate(lengths)]
+    best = float("inf")
+    for _ in range(repeats):
+        for slot in slots:
+            runner.truncate(slot, 0)
+        start = time.perf_counter()
+        runner.extend(slots, prompts)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def set_prepacked(forward: LlamaForward, prepacked: bool) -> None:
+    """Hold every projection prepacked, or drop the prepacked copies (plain `F.linear`)."""
+    for projection in forward.projections():
+        projection.packed = None
+        if prepacked:
+            projection.repack()
+
+
 def main() -> None:
     """Parse flags, load the default model, print per-step times (and a profile)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -57,6 +88,13 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", help="Model dtype (auto: float32 on CPU).")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default).")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--prefill", action="store_true", help="Also time one prefill per batch.")
+    parser.add_argument(
+        "--prepack",
+        choices=["auto", "both"],
+        default="auto",
+        help="both: every cell with plain and prepacked weights, alternated (bf16, compact).",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,10 +109,32 @@ def main() -> None:
         native=False if args.eager_hf else None,
     )
     print(f"load (and warm-up): {time.perf_counter() - started:.1f}s, forward: {runner.backend}")
+    variants = {"weights as loaded": None}
+    if args.prepack == "both":
+        if runner.native is None:
+            raise SystemExit("--prepack both needs the compact forward")
+        variants = {"plain weights": False, "prepacked": True}
     for batch in args.batch:
-        for width in args.candidates:
-            step = time_steps(runner, batch, width, args.steps, args.repeats)
-            print(f"batch {batch:>3} candidates {width:>2}: {step * 1000:8.1f} ms/step", flush=True)
+        cells = [("prefill", 0)] if args.prefill else []
+        cells += [("step", width) for width in args.candidates]
+        for kind, width in cells:
+            timings: dict[str, list[float]] = {name: [] for name in variants}
+            for _ in range(args.repeats):
+                for name, prepacked in variants.items():
+                    if prepacked is not None:
+                        set_prepacked(runner.native, prepacked)
+                    if kind == "prefill":
+                        timings[name].append(time_prefill(runner, batch, 1))
+                    else:
+                        timings[name].append(time_steps(runner, batch, width, args.steps, 1))
+            label = f"batch {batch:>3} " + (
+                "prefill      " if kind == "prefill" else f"candidates {width:>2}"
+            )
+            figures = ", ".join(
+                f"{name} {min(t) * 1000:7.1f} ms (median {statistics.median(t) * 1000:.1f})"
+                for name, t in timings.items()
+            )
+            print(f"{label}: {figures}", flush=True)
     if args.profile:
         batch = max(args.batch)
         slots = list(range(batch))
