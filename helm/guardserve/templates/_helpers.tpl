@@ -69,6 +69,8 @@ ConfigMap stores them; the Deployment passes each one as --flag=$(ENV) from that
   "port" $s.port
   "max-model-len" $s.maxModelLen
   "max-num-seqs" $s.maxNumSeqs
+  "dtype" $s.dtype
+  "max-prefill-tokens" $s.maxPrefillTokens
   "tensor-parallel-size" $s.tensorParallelSize
   "data-parallel-size" $s.dataParallelSize
   "gpu-memory-utilization" $s.gpuMemoryUtilization
