@@ -35,9 +35,9 @@ class Projection:
     """A weight [out, in] (and bias) applied as `F.linear`; optionally also held prepacked.
 
     oneDNN's bfloat16 product reorders a plain weight into its blocked layout on every call;
-    prepacking does that once, which makes the same products (bit for bit) 1.3-2x faster on
-    this CPU. The plain weight stays the source of truth: after changing it in place, call
-    `repack()`.
+    prepacking does that once, which makes the same products (bit for bit) 1.3-2x faster on an
+    AMX CPU (README) for a second copy of the weight. The plain weight stays the source of
+    truth: after changing it in place, call `repack()`.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, prepack: bool) -> None:
@@ -134,7 +134,7 @@ class _Rows:
     real: torch.Tensor | None
 
     def pack(self, padded: torch.Tensor) -> torch.Tensor:
-        """[B * Q, n] -> [tokens, n] (the real tokens' rows; all of them without padding)."""
+        """[B * Q, ...] -> [tokens, ...]: the real tokens' entries (all of them without padding)."""
         return padded if self.real is None else padded.index_select(0, self.real)
 
     def unpack(self, packed: torch.Tensor) -> torch.Tensor:
@@ -149,7 +149,7 @@ class LlamaForward:
     """The decoder of a loaded transformers Llama-family model, as a few fused matmuls per block.
 
     Weights are the loaded model's, stacked into [out, in] matrices (Q/K/V fused, gate/up fused)
-    that the model's own linears then view, so no weight is held twice; rotary tables are
+    that the model's own linears then view, so no plain weight is held twice; rotary tables are
     precomputed by the model's own rotary module, so rope_theta and rope scaling are the
     config's. `forward` writes the new K/V through the slot cache's planned positions and
     attends under a boolean mask [B, Q, L] sliced to the batch's live key length L; `head`
@@ -227,7 +227,7 @@ class LlamaForward:
         """
         batch, width = ids.shape
         rows = _Rows(batch, width, real)
-        x = F.embedding(rows.pack(ids.reshape(-1, 1)).squeeze(1), self.embed)
+        x = F.embedding(rows.pack(ids.reshape(-1)), self.embed)
         cos = self.cos[positions][:, :, None]
         sin = self.sin[positions][:, :, None]
         attn_mask = mask[:, None]
