@@ -16,8 +16,9 @@ import statistics
 import time
 
 import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from engine.llama import LlamaForward
+from benchmarks.prompts import PROMPTS
 from engine.model_runner import ModelRunner
 from engine.model_store import resolve_model
 from engine.sampling import SamplingParams, sample_batch
@@ -33,48 +34,40 @@ def one_step(runner: ModelRunner, slots: list[int], width: int, tokens: list[int
     return sample_batch(logits, params, [None] * len(slots))
 
 
-def time_steps(runner: ModelRunner, batch: int, width: int, steps: int, repeats: int) -> float:
-    """Best mean seconds per step over `repeats` runs of `steps` steps after a 64-token prompt."""
+def time_steps(runner: ModelRunner, batch: int, width: int, steps: int) -> float:
+    """Mean seconds per step over `steps` steps after a 64-token prompt (and one untimed step)."""
     slots = list(range(batch))
-    best = float("inf")
-    for _ in range(repeats):
-        for slot in slots:
-            runner.truncate(slot, 0)
-        out = runner.extend(slots, [[100 + (i + j) % 500 for j in range(64)] for i in slots])
-        tokens = [int(t) for t in out.logits.argmax(-1)]
+    for slot in slots:
+        runner.truncate(slot, 0)
+    out = runner.extend(slots, [[100 + (i + j) % 500 for j in range(64)] for i in slots])
+    tokens = [int(t) for t in out.logits.argmax(-1)]
+    tokens = one_step(runner, slots, width, tokens)
+    start = time.perf_counter()
+    for _ in range(steps):
         tokens = one_step(runner, slots, width, tokens)
-        start = time.perf_counter()
-        for _ in range(steps):
-            tokens = one_step(runner, slots, width, tokens)
-        best = min(best, (time.perf_counter() - start) / steps)
-    return best
+    return (time.perf_counter() - start) / steps
 
 
-# Token counts of the serving benchmark's four prompts under the default model's chat template.
-PROMPT_LENGTHS = (71, 41, 54, 40)
+def prompt_lengths(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Token counts of the serving benchmark's prompts under the model's chat template."""
+    messages = [[{"role": "user", "content": prompt}] for prompt in PROMPTS]
+    encoded = [
+        tokenizer.apply_chat_template(m, add_generation_prompt=True, return_dict=True)
+        for m in messages
+    ]
+    return [len(e["input_ids"]) for e in encoded]
 
 
-def time_prefill(runner: ModelRunner, batch: int, repeats: int) -> float:
-    """Best seconds for one `extend` of `batch` prompts of PROMPT_LENGTHS (cycled)."""
+def time_prefill(runner: ModelRunner, batch: int, lengths: list[int]) -> float:
+    """Seconds for one `extend` of `batch` prompts whose lengths cycle through `lengths`."""
     slots = list(range(batch))
-    lengths = [PROMPT_LENGTHS[i % len(PROMPT_LENGTHS)] for i in slots]
-    prompts = [[100 + (7 * i + j) % 900 for j in range(n)] for i, n in enumerate(lengths)]
-    best = float("inf")
-    for _ in range(repeats):
-        for slot in slots:
-            runner.truncate(slot, 0)
-        start = time.perf_counter()
-        runner.extend(slots, prompts)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def set_prepacked(forward: LlamaForward, prepacked: bool) -> None:
-    """Hold every projection prepacked, or drop the prepacked copies (plain `F.linear`)."""
-    for projection in forward.projections():
-        projection.packed = None
-        if prepacked:
-            projection.repack()
+    sizes = [lengths[i % len(lengths)] for i in slots]
+    prompts = [[100 + (7 * i + j) % 900 for j in range(n)] for i, n in enumerate(sizes)]
+    for slot in slots:
+        runner.truncate(slot, 0)
+    start = time.perf_counter()
+    runner.extend(slots, prompts)
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -109,6 +102,7 @@ def main() -> None:
         native=False if args.eager_hf else None,
     )
     print(f"load (and warm-up): {time.perf_counter() - started:.1f}s, forward: {runner.backend}")
+    lengths = prompt_lengths(AutoTokenizer.from_pretrained(str(resolve_model(None))))
     variants = {"weights as loaded": None}
     if args.prepack == "both":
         if runner.native is None:
@@ -122,11 +116,11 @@ def main() -> None:
             for _ in range(args.repeats):
                 for name, prepacked in variants.items():
                     if prepacked is not None:
-                        set_prepacked(runner.native, prepacked)
+                        runner.native.set_prepacked(prepacked)
                     if kind == "prefill":
-                        timings[name].append(time_prefill(runner, batch, 1))
+                        timings[name].append(time_prefill(runner, batch, lengths))
                     else:
-                        timings[name].append(time_steps(runner, batch, width, args.steps, 1))
+                        timings[name].append(time_steps(runner, batch, width, args.steps))
             label = f"batch {batch:>3} " + (
                 "prefill      " if kind == "prefill" else f"candidates {width:>2}"
             )

@@ -210,6 +210,13 @@ class LlamaForward:
             if projection.packed is not None:
                 projection.repack()
 
+    def set_prepacked(self, prepacked: bool) -> None:
+        """Hold every projection prepacked, or drop the prepacked copies (plain `F.linear`)."""
+        for projection in self.projections():
+            projection.packed = None
+            if prepacked:
+                projection.repack()
+
     def forward(
         self,
         ids: torch.Tensor,

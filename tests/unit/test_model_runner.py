@@ -338,8 +338,7 @@ def test_prepacked_bfloat16_projections_give_the_same_states_and_follow_weight_w
         ModelRunner(model, num_slots=2, max_model_len=64, max_candidates=2, native=True)
         for model in models
     )
-    for projection in plain.native.projections():
-        projection.packed = None
+    plain.native.set_prepacked(False)
     assert all(p.packed is not None for p in packed.native.projections())
 
     def step(runner: ModelRunner) -> tuple[torch.Tensor, torch.Tensor]:
