@@ -104,17 +104,20 @@ def sample_batch(
 ) -> list[int]:
     """One token id per row of `logits` [B, V], all rows in one batched pass.
 
-    Greedy rows (temperature 0) take the argmax. The others draw by the exponential race
-    (argmax of p / E with E ~ Exp(1)), each row's noise from its own CPU generator, so a seeded
-    request draws the same tokens whatever else shares its batch.
+    Greedy rows (temperature 0) take the argmax. The others draw by inverse transform: one
+    uniform number per row, from the row's own CPU generator (so a seeded request draws the
+    same tokens whatever else shares its batch), is looked up in the row's cumulative
+    distribution on the logits' device. A row costs one random number, not one per vocabulary
+    entry, and filtered tokens (probability 0) take no share of the cumulative sum.
     """
     tokens = torch.argmax(logits, dim=-1)
     rows = [i for i, p in enumerate(params) if p.temperature > 0.0]
     if rows:
         index = torch.tensor(rows, device=logits.device)
         probs = torch.softmax(filtered_logits(logits[index], [params[i] for i in rows]), dim=-1)
-        noise = torch.empty(probs.shape)  # on the CPU, where the sequences' generators live
-        for row, i in enumerate(rows):
-            noise[row].exponential_(generator=generators[i])
-        tokens[index] = torch.argmax(probs / noise.to(probs.device), dim=-1)
+        cdf = probs.cumsum(dim=-1)
+        uniform = torch.cat([torch.rand(1, generator=generators[i]) for i in rows])
+        target = uniform.to(cdf.device)[:, None] * cdf[:, -1:]
+        drawn = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+        tokens[index] = drawn.clamp_(max=cdf.shape[-1] - 1)
     return tokens.tolist()

@@ -51,6 +51,16 @@ def test_sampled_rows_only_draw_kept_tokens() -> None:
     assert set(draws) == {0, 2}
 
 
+def test_draws_follow_the_filtered_distribution() -> None:
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().expand(4000, -1)
+    params = [SamplingParams(max_tokens=1, top_p=0.9)] * 4000  # drops the 0.05 token
+    draws = sample_batch(logits, params, [torch.Generator().manual_seed(i) for i in range(4000)])
+    shares = torch.bincount(torch.tensor(draws), minlength=4).float() / len(draws)
+    expected = torch.tensor([0.5, 0.3, 0.15, 0.0]) / 0.95
+    torch.testing.assert_close(shares, expected, atol=0.03, rtol=0)
+
+
 def test_seeded_draws_do_not_depend_on_the_batch() -> None:
     torch.manual_seed(0)
     logits = torch.randn(5, 50)
