@@ -117,6 +117,7 @@ async def run(args: argparse.Namespace) -> None:
         torch_runners=args.runners,
         max_num_seqs=max(args.streams),
         max_model_len=args.max_model_len,
+        dtype=args.dtype,
     )
     devices = runner_devices(config)
     tokenizer = AutoTokenizer.from_pretrained(str(model))
@@ -126,7 +127,7 @@ async def run(args: argparse.Namespace) -> None:
     engine = build_torch_engines(model, config, tokenizer, dtype, args.max_model_len, assets)
     runners = getattr(engine, "engines", [engine])
     forwards = ", ".join(f"{e.label}: {e.runner.backend}" for e in runners)
-    print(f"model {model}\nrunners {len(runners)} ({forwards})")
+    print(f"model {model} ({dtype})\nrunners {len(runners)} ({forwards})")
     print(f"load: {time.perf_counter() - started:.1f}s", flush=True)
     prompts = [prompt_ids(tokenizer, p) for p in PROMPTS]
     await wave(engine, prompts, 1, 4, guarded=True)  # warm-up
@@ -159,6 +160,12 @@ def main() -> None:
     parser.add_argument("--streams", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-model-len", type=int, default=1024)
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="Engine dtype (auto: bf16 on CUDA, fp32 on the CPU).",
+    )
     parser.add_argument(
         "--cpu-smoke", action="store_true", help="Run on the CPU with tiny sizes (no GPU needed)."
     )

@@ -78,7 +78,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--eager-hf", action="store_true", help="Use the transformers forward.")
-    parser.add_argument("--dtype", default="auto", help="Model dtype (auto: float32 on CPU).")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--dtype", default="auto", help="Model dtype (auto: bf16 on CUDA, fp32 on the CPU)."
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default).")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--prefill", action="store_true", help="Also time one prefill per batch.")
@@ -97,7 +100,7 @@ def main() -> None:
         num_slots=max(args.batch),
         max_model_len=512,
         max_candidates=16,
-        device="cpu",
+        device=args.device,
         dtype=args.dtype,
         native=False if args.eager_hf else None,
     )
