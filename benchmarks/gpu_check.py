@@ -167,6 +167,11 @@ def main() -> None:
         help="Engine dtype (auto: bf16 on CUDA, fp32 on the CPU).",
     )
     parser.add_argument(
+        "--no-cudnn-attention",
+        action="store_true",
+        help="Disable the cuDNN attention backend (it builds a graph per new shape).",
+    )
+    parser.add_argument(
         "--cpu-smoke", action="store_true", help="Run on the CPU with tiny sizes (no GPU needed)."
     )
     args = parser.parse_args()
@@ -177,6 +182,8 @@ def main() -> None:
         parser.error("no CUDA device visible (use --cpu-smoke to try the code path on the CPU)")
     elif args.runners is None and args.device == "auto":
         args.runners = min(2, torch.cuda.device_count())
+    if args.no_cudnn_attention:
+        torch.backends.cuda.enable_cudnn_sdp(False)
     asyncio.run(run(args))
 
 

@@ -41,7 +41,7 @@ pids=()
 for method in balto grpo_d; do
   timeout --kill-after=10 $((budget + 120)) "$python" -m guardserve balto train \
     --model default --device cuda --first-line 1 --limit 4000 \
-    --steps 100 --prompts-per-step 8 --group-size 8 --mini-batch-prompts 2 \
+    --steps 60 --prompts-per-step 16 --group-size 8 --mini-batch-prompts 1 \
     --threads 2 --label-workers "$workers" --max-seconds "$budget" \
     --advantage "$method" --out "$out/$method" "$@" >"$out/$method.log" 2>&1 &
   pids+=($!)
