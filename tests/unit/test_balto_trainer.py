@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,8 @@ class WordLabeller:
         labels = []
         for start, end in offsets:
             word = response[start:end]
-            number = int(word[1:]) if word.startswith("w") else -1
+            found = re.match(r"w(\d+)", word)  # a sampled word can carry punctuation: "w77.."
+            number = int(found.group(1)) if found else -1
             labels.append(1 if 3 <= number <= 47 else -1 if number >= 48 else 0)
         result = ResponseLabels(labels, sum(x > 0 for x in labels), sum(x != 0 for x in labels))
         self.calls.append(result)
