@@ -143,3 +143,17 @@ def compute_advantages(
     if method is AdvantageMethod.GRPO_D:
         return broadcast_to_tokens(group_advantage, mask)
     return fspo_advantages(group_advantage, labels) * mask.to(group_advantage.dtype)
+
+
+def penalize_truncated(
+    advantages: torch.Tensor, mask: torch.Tensor, truncated: torch.Tensor, penalty: float
+) -> torch.Tensor:
+    """``advantages`` ``[G, T]`` with ``penalty`` subtracted on every token (inside ``mask``) of
+    the responses that ``truncated`` ``[G]`` marks as cut at the length limit.
+
+    Token-level faithful credit rewards every supported token, so quoting the context until the
+    limit costs nothing; this charges the responses that never end (a length control in the
+    spirit of DAPO's overlong penalty, arXiv 2503.14476).
+    """
+    charge = penalty * truncated.to(advantages.dtype)[:, None] * mask.to(advantages.dtype)
+    return advantages - charge

@@ -57,6 +57,12 @@ class TrainConfig(BaseModel):
     advantage: AdvantageMethod = Field(
         AdvantageMethod.BALTO, description="How token advantages are computed."
     )
+    truncation_penalty: float = Field(
+        0.0,
+        ge=0.0,
+        description="Subtracted from the advantage of every token of a response cut at "
+        "max_new_tokens (a length control; 0: off).",
+    )
     normalizer: Literal["auto", "factual", "tokens"] = Field(
         "auto", description="Loss normaliser Z; auto: factual tokens for BALTO/PA, else tokens."
     )
@@ -68,6 +74,11 @@ class TrainConfig(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient-norm clip.")
 
     full: bool = Field(False, description="Full fine-tuning instead of LoRA.")
+    init_adapter: Path | None = Field(
+        None,
+        description="Go on training this LoRA adapter (None: a fresh one); the logged KL stays "
+        "measured against the base model.",
+    )
     lora_r: int = Field(8, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(16, ge=1, description="LoRA scaling alpha.")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
@@ -98,6 +109,8 @@ class TrainConfig(BaseModel):
                 f"lines {self.first_line}-{self.first_line + self.limit - 1} reach past the "
                 f"HaluEval dev split (1-{DEV_LAST_LINE})"
             )
+        if self.full and self.init_adapter is not None:
+            raise ValueError("init_adapter continues a LoRA adapter; it does not apply with full")
         if self.mini_batch_prompts is not None and self.prompts_per_step % self.mini_batch_prompts:
             raise ValueError("prompts_per_step must be a multiple of mini_batch_prompts")
         return self

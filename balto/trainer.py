@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from balto.advantages import compute_advantages, grpo_density_rewards
+from balto.advantages import compute_advantages, grpo_density_rewards, penalize_truncated
 from balto.config import TrainConfig
 from balto.loss import clipped_surrogate_loss, kl_to_reference, sequence_logprobs
 from balto.rollout import (
@@ -63,6 +63,7 @@ class StepLog(BaseModel):
     seconds: float
     updates: int = Field(description="Optimizer updates made (0 when every advantage was 0).")
     response_tokens: float = Field(description="Mean response length in training tokens.")
+    truncated: float = Field(0.0, description="Share of responses cut at max_new_tokens.")
     retokenized: float = Field(description="Share of responses whose re-tokenization differs.")
     rollout_seconds: float
     label_seconds: float
@@ -161,6 +162,10 @@ class BaltoTrainer:
         self.reference: PreTrainedModel | None = None
         if config.full:
             self.reference = copy.deepcopy(self.lm).requires_grad_(False).eval()
+        elif config.init_adapter is not None:
+            self.peft = PeftModel.from_pretrained(
+                self.lm, str(config.init_adapter), is_trainable=True
+            )
         else:
             lora = LoraConfig(
                 r=config.lora_r,
@@ -313,6 +318,14 @@ class BaltoTrainer:
             compute_advantages(config.advantage, t.labels, t.mask, t.n_supported, t.n_claims)
             for t in tensors
         ]
+        truncated = [
+            torch.tensor([r.finish_reason == "length" for r in g.responses]) for g in groups
+        ]
+        if config.truncation_penalty:
+            advantages = [
+                penalize_truncated(a, t.mask, cut, config.truncation_penalty)
+                for a, t, cut in zip(advantages, tensors, truncated, strict=True)
+            ]
         advantages = [a.to(self.runner.device) for a in advantages]
         old, kl = self._old_logprobs_and_kl(prompts, tensors)
         losses, norms, clip_fractions = self._optimize(prompts, tensors, advantages, old)
@@ -334,6 +347,7 @@ class BaltoTrainer:
             seconds=time.perf_counter() - start,
             updates=len(norms),
             response_tokens=n_tokens / len(responses),
+            truncated=float(torch.cat(truncated).float().mean()),
             retokenized=sum(r.retokenized for r in responses) / len(responses),
             rollout_seconds=rollout_seconds,
             label_seconds=label_seconds,

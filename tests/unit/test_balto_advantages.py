@@ -15,6 +15,7 @@ from balto.advantages import (
     group_normalized,
     grpo_binary_rewards,
     grpo_density_rewards,
+    penalize_truncated,
 )
 
 
@@ -148,3 +149,10 @@ def test_compute_advantages_accepts_strings_and_checks_inputs() -> None:
         compute_advantages("ppo", GROUP_LABELS, GROUP_MASK)
     with pytest.raises(ValueError):
         compute_advantages("grpo_d", GROUP_LABELS, GROUP_MASK)
+
+
+def test_truncated_responses_pay_the_penalty_on_every_token() -> None:
+    advantages = torch.tensor([[1.0, -1.0, 0.0], [0.5, 0.5, 0.0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    charged = penalize_truncated(advantages, mask, torch.tensor([True, False]), 0.25)
+    assert torch.equal(charged, torch.tensor([[0.75, -1.25, -0.25], [0.5, 0.5, 0.0]]))

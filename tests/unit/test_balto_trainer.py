@@ -169,6 +169,27 @@ def test_lora_steps_log_every_field_and_change_only_adapter_weights(tmp_path: Pa
     assert len(log_path.read_text().splitlines()) == 2
 
 
+def test_init_adapter_goes_on_from_the_saved_adapter(tmp_path: Path) -> None:
+    first = BaltoTrainer(
+        tiny_config(tmp_path), build_tiny_llama(), build_tiny_tokenizer(), PROMPTS, WordLabeller()
+    )
+    first.step()
+    first.save(tmp_path / "adapter", "tiny")
+    saved = {k: v.clone() for k, v in first.lm.state_dict().items() if "lora_" in k}
+    config = tiny_config(tmp_path, init_adapter=tmp_path / "adapter", truncation_penalty=0.5)
+    second = BaltoTrainer(
+        config, build_tiny_llama(), build_tiny_tokenizer(), PROMPTS, WordLabeller()
+    )
+    loaded = {k: v for k, v in second.lm.state_dict().items() if "lora_" in k}
+    assert loaded.keys() == saved.keys()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+    log = second.step()
+    assert log.truncated > 0  # the tiny model rarely ends within 6 tokens: the penalty applies
+    assert log.updates > 0
+    with pytest.raises(ValidationError):
+        TrainConfig(full=True, init_adapter=tmp_path / "adapter")
+
+
 def test_full_fine_tuning_step_updates_base_weights(tmp_path: Path) -> None:
     model = build_tiny_llama()
     before = model.model.layers[0].self_attn.q_proj.weight.clone()
