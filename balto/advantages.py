@@ -145,15 +145,26 @@ def compute_advantages(
     return fspo_advantages(group_advantage, labels) * mask.to(group_advantage.dtype)
 
 
-def penalize_truncated(
-    advantages: torch.Tensor, mask: torch.Tensor, truncated: torch.Tensor, penalty: float
+def penalize_length(
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    lengths: torch.Tensor,
+    truncated: torch.Tensor,
+    limit: int,
+    buffer: int,
+    penalty: float,
 ) -> torch.Tensor:
-    """``advantages`` ``[G, T]`` with ``penalty`` subtracted on every token (inside ``mask``) of
-    the responses that ``truncated`` ``[G]`` marks as cut at the length limit.
+    """``advantages`` ``[G, T]`` less a length charge on every token (inside ``mask``) of each
+    response: ``penalty`` for a response that ``truncated`` ``[G]`` marks as cut at ``limit``
+    tokens; with ``buffer`` > 0, a charge rising linearly from 0 at ``limit - buffer`` tokens to
+    ``penalty`` at ``limit`` for the others (``lengths`` ``[G]``, in tokens).
 
     Token-level faithful credit rewards every supported token, so quoting the context until the
-    limit costs nothing; this charges the responses that never end (a length control in the
-    spirit of DAPO's overlong penalty, arXiv 2503.14476).
+    limit costs nothing; this charges the responses that run long, as DAPO's soft overlong
+    punishment does (arXiv 2503.14476, Eq. 13).
     """
-    charge = penalty * truncated.to(advantages.dtype)[:, None] * mask.to(advantages.dtype)
-    return advantages - charge
+    share = truncated.to(advantages.dtype)
+    if buffer > 0:
+        ramp = ((lengths.to(advantages.dtype) - (limit - buffer)) / buffer).clamp(0.0, 1.0)
+        share = torch.maximum(share, ramp)
+    return advantages - penalty * share[:, None] * mask.to(advantages.dtype)

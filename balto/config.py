@@ -63,6 +63,13 @@ class TrainConfig(BaseModel):
         description="Subtracted from the advantage of every token of a response cut at "
         "max_new_tokens (a length control; 0: off).",
     )
+    length_buffer: int = Field(
+        0,
+        ge=0,
+        description="With truncation_penalty: responses longer than max_new_tokens - "
+        "length_buffer tokens pay a share of it rising linearly to all of it at the limit "
+        "(DAPO's soft overlong punishment; 0: only cut responses pay).",
+    )
     normalizer: Literal["auto", "factual", "tokens"] = Field(
         "auto", description="Loss normaliser Z; auto: factual tokens for BALTO/PA, else tokens."
     )
@@ -111,6 +118,8 @@ class TrainConfig(BaseModel):
             )
         if self.full and self.init_adapter is not None:
             raise ValueError("init_adapter continues a LoRA adapter; it does not apply with full")
+        if self.length_buffer >= self.max_new_tokens:
+            raise ValueError("length_buffer must be below max_new_tokens")
         if self.mini_batch_prompts is not None and self.prompts_per_step % self.mini_batch_prompts:
             raise ValueError("prompts_per_step must be a multiple of mini_batch_prompts")
         return self

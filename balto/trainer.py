@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from balto.advantages import compute_advantages, grpo_density_rewards, penalize_truncated
+from balto.advantages import compute_advantages, grpo_density_rewards, penalize_length
 from balto.config import TrainConfig
 from balto.loss import clipped_surrogate_loss, kl_to_reference, sequence_logprobs
 from balto.rollout import (
@@ -323,8 +323,16 @@ class BaltoTrainer:
         ]
         if config.truncation_penalty:
             advantages = [
-                penalize_truncated(a, t.mask, cut, config.truncation_penalty)
-                for a, t, cut in zip(advantages, tensors, truncated, strict=True)
+                penalize_length(
+                    a,
+                    t.mask,
+                    torch.tensor([len(r.response_ids) for r in g.responses]),
+                    cut,
+                    config.max_new_tokens,
+                    config.length_buffer,
+                    config.truncation_penalty,
+                )
+                for a, t, g, cut in zip(advantages, tensors, groups, truncated, strict=True)
             ]
         advantages = [a.to(self.runner.device) for a in advantages]
         old, kl = self._old_logprobs_and_kl(prompts, tensors)

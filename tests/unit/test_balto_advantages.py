@@ -15,7 +15,7 @@ from balto.advantages import (
     group_normalized,
     grpo_binary_rewards,
     grpo_density_rewards,
-    penalize_truncated,
+    penalize_length,
 )
 
 
@@ -154,5 +154,16 @@ def test_compute_advantages_accepts_strings_and_checks_inputs() -> None:
 def test_truncated_responses_pay_the_penalty_on_every_token() -> None:
     advantages = torch.tensor([[1.0, -1.0, 0.0], [0.5, 0.5, 0.0]])
     mask = torch.tensor([[True, True, True], [True, True, False]])
-    charged = penalize_truncated(advantages, mask, torch.tensor([True, False]), 0.25)
+    lengths = torch.tensor([3, 2])
+    charged = penalize_length(advantages, mask, lengths, torch.tensor([True, False]), 3, 0, 0.25)
     assert torch.equal(charged, torch.tensor([[0.75, -1.25, -0.25], [0.5, 0.5, 0.0]]))
+
+
+def test_long_responses_pay_a_share_rising_over_the_buffer() -> None:
+    advantages = torch.zeros(4, 8)
+    mask = torch.ones(4, 8, dtype=torch.bool)
+    lengths = torch.tensor([4, 6, 7, 5])
+    truncated = torch.tensor([False, False, False, True])
+    charged = penalize_length(advantages, mask, lengths, truncated, 8, 4, 0.4)
+    assert torch.allclose(charged[:, 0], torch.tensor([0.0, -0.2, -0.3, -0.4]))
+    assert torch.equal(charged, charged[:, :1].expand(4, 8))

@@ -176,7 +176,9 @@ def test_init_adapter_goes_on_from_the_saved_adapter(tmp_path: Path) -> None:
     first.step()
     first.save(tmp_path / "adapter", "tiny")
     saved = {k: v.clone() for k, v in first.lm.state_dict().items() if "lora_" in k}
-    config = tiny_config(tmp_path, init_adapter=tmp_path / "adapter", truncation_penalty=0.5)
+    config = tiny_config(
+        tmp_path, init_adapter=tmp_path / "adapter", truncation_penalty=0.5, length_buffer=2
+    )
     second = BaltoTrainer(
         config, build_tiny_llama(), build_tiny_tokenizer(), PROMPTS, WordLabeller()
     )
@@ -188,6 +190,8 @@ def test_init_adapter_goes_on_from_the_saved_adapter(tmp_path: Path) -> None:
     assert log.updates > 0
     with pytest.raises(ValidationError):
         TrainConfig(full=True, init_adapter=tmp_path / "adapter")
+    with pytest.raises(ValidationError):
+        TrainConfig(truncation_penalty=0.5, length_buffer=48, max_new_tokens=48)
 
 
 def test_full_fine_tuning_step_updates_base_weights(tmp_path: Path) -> None:
