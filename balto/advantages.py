@@ -154,17 +154,21 @@ def penalize_length(
     buffer: int,
     penalty: float,
 ) -> torch.Tensor:
-    """``advantages`` ``[G, T]`` less a length charge on every token (inside ``mask``) of each
-    response: ``penalty`` for a response that ``truncated`` ``[G]`` marks as cut at ``limit``
-    tokens; with ``buffer`` > 0, a charge rising linearly from 0 at ``limit - buffer`` tokens to
+    """``advantages`` ``[G, T]`` of one group with a length advantage added on every token
+    (inside ``mask``) of each response: minus its charge, plus the group's mean charge.
+
+    A response's charge is ``penalty`` when ``truncated`` ``[G]`` marks it as cut at ``limit``
+    tokens; with ``buffer`` > 0 it rises linearly from 0 at ``limit - buffer`` tokens to
     ``penalty`` at ``limit`` for the others (``lengths`` ``[G]``, in tokens).
 
     Token-level faithful credit rewards every supported token, so quoting the context until the
-    limit costs nothing; this charges the responses that run long, as DAPO's soft overlong
-    punishment does (arXiv 2503.14476, Eq. 13).
+    limit costs nothing; this favours the shorter responses of a group that runs long, as DAPO's
+    soft overlong punishment does once GRPO normalises rewards in the group (arXiv 2503.14476,
+    Eq. 13). Centred on the group, it pushes no lower once no response passes the threshold.
     """
     share = truncated.to(advantages.dtype)
     if buffer > 0:
         ramp = ((lengths.to(advantages.dtype) - (limit - buffer)) / buffer).clamp(0.0, 1.0)
         share = torch.maximum(share, ramp)
-    return advantages - penalty * share[:, None] * mask.to(advantages.dtype)
+    charge = penalty * (share - share.mean())
+    return advantages - charge[:, None] * mask.to(advantages.dtype)

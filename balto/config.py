@@ -60,15 +60,15 @@ class TrainConfig(BaseModel):
     truncation_penalty: float = Field(
         0.0,
         ge=0.0,
-        description="Subtracted from the advantage of every token of a response cut at "
-        "max_new_tokens (a length control; 0: off).",
+        description="Length control (0: off): a response cut at max_new_tokens is charged "
+        "this on every token, against its group's mean charge.",
     )
     length_buffer: int = Field(
         0,
         ge=0,
         description="With truncation_penalty: responses longer than max_new_tokens - "
-        "length_buffer tokens pay a share of it rising linearly to all of it at the limit "
-        "(DAPO's soft overlong punishment; 0: only cut responses pay).",
+        "length_buffer tokens are charged a share of it rising linearly to all of it at the "
+        "limit (DAPO's soft overlong punishment; 0: only cut responses are charged).",
     )
     normalizer: Literal["auto", "factual", "tokens"] = Field(
         "auto", description="Loss normaliser Z; auto: factual tokens for BALTO/PA, else tokens."

@@ -151,12 +151,12 @@ def test_compute_advantages_accepts_strings_and_checks_inputs() -> None:
         compute_advantages("grpo_d", GROUP_LABELS, GROUP_MASK)
 
 
-def test_truncated_responses_pay_the_penalty_on_every_token() -> None:
+def test_truncated_responses_pay_against_the_group_on_every_token() -> None:
     advantages = torch.tensor([[1.0, -1.0, 0.0], [0.5, 0.5, 0.0]])
     mask = torch.tensor([[True, True, True], [True, True, False]])
     lengths = torch.tensor([3, 2])
-    charged = penalize_length(advantages, mask, lengths, torch.tensor([True, False]), 3, 0, 0.25)
-    assert torch.equal(charged, torch.tensor([[0.75, -1.25, -0.25], [0.5, 0.5, 0.0]]))
+    charged = penalize_length(advantages, mask, lengths, torch.tensor([True, False]), 3, 0, 0.5)
+    assert torch.equal(charged, torch.tensor([[0.75, -1.25, -0.25], [0.75, 0.75, 0.0]]))
 
 
 def test_long_responses_pay_a_share_rising_over_the_buffer() -> None:
@@ -165,5 +165,14 @@ def test_long_responses_pay_a_share_rising_over_the_buffer() -> None:
     lengths = torch.tensor([4, 6, 7, 5])
     truncated = torch.tensor([False, False, False, True])
     charged = penalize_length(advantages, mask, lengths, truncated, 8, 4, 0.4)
-    assert torch.allclose(charged[:, 0], torch.tensor([0.0, -0.2, -0.3, -0.4]))
+    assert torch.allclose(charged[:, 0], torch.tensor([0.0, -0.2, -0.3, -0.4]) + 0.225)
     assert torch.equal(charged, charged[:, :1].expand(4, 8))
+
+
+def test_a_group_within_the_threshold_gets_no_length_advantage() -> None:
+    advantages = torch.tensor([[1.0, -1.0], [0.0, 0.0]])
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    charged = penalize_length(
+        advantages, mask, torch.tensor([2, 1]), torch.tensor([False, False]), 8, 4, 0.5
+    )
+    assert torch.equal(charged, advantages)
