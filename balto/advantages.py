@@ -145,30 +145,39 @@ def compute_advantages(
     return fspo_advantages(group_advantage, labels) * mask.to(group_advantage.dtype)
 
 
-def penalize_length(
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    lengths: torch.Tensor,
-    truncated: torch.Tensor,
-    limit: int,
-    buffer: int,
-    penalty: float,
+def length_charges(
+    lengths: torch.Tensor, truncated: torch.Tensor, limit: int, buffer: int, penalty: float
 ) -> torch.Tensor:
-    """``advantages`` ``[G, T]`` of one group with a length advantage added on every token
-    (inside ``mask``) of each response: minus its charge, plus the group's mean charge.
-
-    A response's charge is ``penalty`` when ``truncated`` ``[G]`` marks it as cut at ``limit``
-    tokens; with ``buffer`` > 0 it rises linearly from 0 at ``limit - buffer`` tokens to
-    ``penalty`` at ``limit`` for the others (``lengths`` ``[G]``, in tokens).
+    """Length charge ``[G]`` of each response of a group (DAPO's soft overlong punishment,
+    arXiv 2503.14476, Eq. 13): ``penalty`` when ``truncated`` marks it as cut at ``limit``
+    tokens; with ``buffer`` > 0, a share rising linearly from 0 at ``limit - buffer`` tokens to
+    all of ``penalty`` at ``limit`` for the others (``lengths``, in tokens).
 
     Token-level faithful credit rewards every supported token, so quoting the context until the
-    limit costs nothing; this favours the shorter responses of a group that runs long, as DAPO's
-    soft overlong punishment does once GRPO normalises rewards in the group (arXiv 2503.14476,
-    Eq. 13). Centred on the group, it pushes no lower once no response passes the threshold.
+    limit costs nothing; this charges the responses that run long.
     """
-    share = truncated.to(advantages.dtype)
+    share = truncated.float()
     if buffer > 0:
-        ramp = ((lengths.to(advantages.dtype) - (limit - buffer)) / buffer).clamp(0.0, 1.0)
+        ramp = ((lengths.float() - (limit - buffer)) / buffer).clamp(0.0, 1.0)
         share = torch.maximum(share, ramp)
-    charge = penalty * (share - share.mean())
-    return advantages - charge[:, None] * mask.to(advantages.dtype)
+    return penalty * share
+
+
+def content_rewards(n_supported: torch.Tensor, weight: float) -> torch.Tensor:
+    """``weight`` ``[G]`` for each response with at least one claim the context supports.
+
+    Token-level advantages charge an unsupported claim more than they credit a supported one
+    while the base model gets about half its claims wrong, so a response without claims is the
+    safe choice once quoting the context at length is charged; this pays for answering.
+    """
+    return weight * (n_supported > 0).float()
+
+
+def add_response_terms(
+    advantages: torch.Tensor, mask: torch.Tensor, terms: torch.Tensor
+) -> torch.Tensor:
+    """``advantages`` ``[G, T]`` of one group plus each response's term ``[G]`` less the group's
+    mean term, on every token inside ``mask`` (GRPO's in-group baseline: a term shared by the
+    whole group moves nothing)."""
+    centred = (terms - terms.mean()).to(advantages.dtype)
+    return advantages + centred[:, None] * mask.to(advantages.dtype)

@@ -70,6 +70,12 @@ class TrainConfig(BaseModel):
         "length_buffer tokens are charged a share of it rising linearly to all of it at the "
         "limit (DAPO's soft overlong punishment; 0: only cut responses are charged).",
     )
+    content_reward: float = Field(
+        0.0,
+        ge=0.0,
+        description="Added to every token of a response with at least one supported claim, "
+        "against its group's mean (pays for answering; 0: off).",
+    )
     normalizer: Literal["auto", "factual", "tokens"] = Field(
         "auto", description="Loss normaliser Z; auto: factual tokens for BALTO/PA, else tokens."
     )

@@ -25,7 +25,13 @@ from pydantic import BaseModel, Field
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from balto.advantages import compute_advantages, grpo_density_rewards, penalize_length
+from balto.advantages import (
+    add_response_terms,
+    compute_advantages,
+    content_rewards,
+    grpo_density_rewards,
+    length_charges,
+)
 from balto.config import TrainConfig
 from balto.loss import clipped_surrogate_loss, kl_to_reference, sequence_logprobs
 from balto.rollout import (
@@ -306,6 +312,21 @@ class BaltoTrainer:
         self.lm.eval()
         return losses, norms, clip_fractions
 
+    def _response_terms(
+        self, group: RolloutGroup, truncated: torch.Tensor, n_supported: torch.Tensor
+    ) -> torch.Tensor:
+        """Each response's content reward less its length charge (``[G]``)."""
+        config = self.config
+        lengths = torch.tensor([len(r.response_ids) for r in group.responses])
+        charges = length_charges(
+            lengths,
+            truncated,
+            config.max_new_tokens,
+            config.length_buffer,
+            config.truncation_penalty,
+        )
+        return content_rewards(n_supported, config.content_reward) - charges
+
     def step(self) -> StepLog:
         """One training step; appends its log line to ``log_path`` when one is set."""
         config = self.config
@@ -321,17 +342,9 @@ class BaltoTrainer:
         truncated = [
             torch.tensor([r.finish_reason == "length" for r in g.responses]) for g in groups
         ]
-        if config.truncation_penalty:
+        if config.truncation_penalty or config.content_reward:
             advantages = [
-                penalize_length(
-                    a,
-                    t.mask,
-                    torch.tensor([len(r.response_ids) for r in g.responses]),
-                    cut,
-                    config.max_new_tokens,
-                    config.length_buffer,
-                    config.truncation_penalty,
-                )
+                add_response_terms(a, t.mask, self._response_terms(g, cut, t.n_supported))
                 for a, t, g, cut in zip(advantages, tensors, groups, truncated, strict=True)
             ]
         advantages = [a.to(self.runner.device) for a in advantages]

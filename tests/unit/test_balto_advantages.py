@@ -7,15 +7,17 @@ import torch
 
 from balto.advantages import (
     AdvantageMethod,
+    add_response_terms,
     balanced_advantages,
     broadcast_to_tokens,
     compute_advantages,
+    content_rewards,
     fixed_positive_advantages,
     fspo_advantages,
     group_normalized,
     grpo_binary_rewards,
     grpo_density_rewards,
-    penalize_length,
+    length_charges,
 )
 
 
@@ -151,28 +153,24 @@ def test_compute_advantages_accepts_strings_and_checks_inputs() -> None:
         compute_advantages("grpo_d", GROUP_LABELS, GROUP_MASK)
 
 
-def test_truncated_responses_pay_against_the_group_on_every_token() -> None:
+def test_cut_responses_pay_the_charge_and_long_ones_a_share_of_it() -> None:
+    lengths = torch.tensor([4, 6, 7, 5, 8])
+    truncated = torch.tensor([False, False, False, True, True])
+    assert torch.allclose(
+        length_charges(lengths, truncated, 8, 4, 0.4), torch.tensor([0.0, 0.2, 0.3, 0.4, 0.4])
+    )
+    assert torch.equal(
+        length_charges(lengths, truncated, 8, 0, 0.4), torch.tensor([0.0, 0.0, 0.0, 0.4, 0.4])
+    )
+
+
+def test_content_reward_pays_responses_with_a_supported_claim() -> None:
+    assert torch.equal(content_rewards(torch.tensor([0, 1, 3]), 0.5), torch.tensor([0.0, 0.5, 0.5]))
+
+
+def test_response_terms_are_centred_on_the_group_and_cover_every_token() -> None:
     advantages = torch.tensor([[1.0, -1.0, 0.0], [0.5, 0.5, 0.0]])
     mask = torch.tensor([[True, True, True], [True, True, False]])
-    lengths = torch.tensor([3, 2])
-    charged = penalize_length(advantages, mask, lengths, torch.tensor([True, False]), 3, 0, 0.5)
-    assert torch.equal(charged, torch.tensor([[0.75, -1.25, -0.25], [0.75, 0.75, 0.0]]))
-
-
-def test_long_responses_pay_a_share_rising_over_the_buffer() -> None:
-    advantages = torch.zeros(4, 8)
-    mask = torch.ones(4, 8, dtype=torch.bool)
-    lengths = torch.tensor([4, 6, 7, 5])
-    truncated = torch.tensor([False, False, False, True])
-    charged = penalize_length(advantages, mask, lengths, truncated, 8, 4, 0.4)
-    assert torch.allclose(charged[:, 0], torch.tensor([0.0, -0.2, -0.3, -0.4]) + 0.225)
-    assert torch.equal(charged, charged[:, :1].expand(4, 8))
-
-
-def test_a_group_within_the_threshold_gets_no_length_advantage() -> None:
-    advantages = torch.tensor([[1.0, -1.0], [0.0, 0.0]])
-    mask = torch.ones(2, 2, dtype=torch.bool)
-    charged = penalize_length(
-        advantages, mask, torch.tensor([2, 1]), torch.tensor([False, False]), 8, 4, 0.5
-    )
-    assert torch.equal(charged, advantages)
+    moved = add_response_terms(advantages, mask, torch.tensor([-0.5, 0.0]))
+    assert torch.equal(moved, torch.tensor([[0.75, -1.25, -0.25], [0.75, 0.75, 0.0]]))
+    assert torch.equal(add_response_terms(advantages, mask, torch.tensor([0.3, 0.3])), advantages)

@@ -177,7 +177,11 @@ def test_init_adapter_goes_on_from_the_saved_adapter(tmp_path: Path) -> None:
     first.save(tmp_path / "adapter", "tiny")
     saved = {k: v.clone() for k, v in first.lm.state_dict().items() if "lora_" in k}
     config = tiny_config(
-        tmp_path, init_adapter=tmp_path / "adapter", truncation_penalty=0.5, length_buffer=2
+        tmp_path,
+        init_adapter=tmp_path / "adapter",
+        truncation_penalty=0.5,
+        length_buffer=2,
+        content_reward=0.5,
     )
     second = BaltoTrainer(
         config, build_tiny_llama(), build_tiny_tokenizer(), PROMPTS, WordLabeller()
