@@ -173,6 +173,16 @@ def content_rewards(n_supported: torch.Tensor, weight: float) -> torch.Tensor:
     return weight * (n_supported > 0).float()
 
 
+def gold_rewards(found: torch.Tensor, weight: float) -> torch.Tensor:
+    """``weight`` ``[G]`` for each response that contains its prompt's gold answer (``found``).
+
+    An outcome reward on the training lines' gold answers: the claim verifier pays for a
+    supported sentence whether or not it answers the question, so quoting any true sentence of
+    the context scores as well as the answer; this pays for the answer itself.
+    """
+    return weight * found.float()
+
+
 def add_response_terms(
     advantages: torch.Tensor, mask: torch.Tensor, terms: torch.Tensor
 ) -> torch.Tensor:

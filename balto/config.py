@@ -76,6 +76,12 @@ class TrainConfig(BaseModel):
         description="Added to every token of a response with at least one supported claim, "
         "against its group's mean (pays for answering; 0: off).",
     )
+    gold_reward: float = Field(
+        0.0,
+        ge=0.0,
+        description="Added to every token of a response that contains its training line's "
+        "gold answer, against its group's mean (pays for the answer; 0: off).",
+    )
     normalizer: Literal["auto", "factual", "tokens"] = Field(
         "auto", description="Loss normaliser Z; auto: factual tokens for BALTO/PA, else tokens."
     )

@@ -29,11 +29,13 @@ from verify.verifier import Verifier
 
 @dataclass(frozen=True)
 class Prompt:
-    """One training prompt: its token ids, the reference context, and a key (e.g. the line)."""
+    """One training prompt: its token ids, the reference context, a key (e.g. the line) and
+    its gold answer ("" when there is none)."""
 
     ids: list[int]
     context: str
     key: str
+    answer: str = ""
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from balto.advantages import (
     add_response_terms,
     compute_advantages,
     content_rewards,
+    gold_rewards,
     grpo_density_rewards,
     length_charges,
 )
@@ -48,6 +49,7 @@ from balto.rollout import (
 from balto.rollout_policy import RolloutPolicy
 from engine.model_runner import ModelRunner, pick_device
 from engine.sampling import SamplingParams
+from evals.metrics import gold_in_answer
 from evals.prompts import grounded_prompt_ids
 
 LOG_FILE = "train_log.jsonl"
@@ -70,6 +72,7 @@ class StepLog(BaseModel):
     updates: int = Field(description="Optimizer updates made (0 when every advantage was 0).")
     response_tokens: float = Field(description="Mean response length in training tokens.")
     truncated: float = Field(0.0, description="Share of responses cut at max_new_tokens.")
+    gold: float = Field(0.0, description="Share of responses containing the gold answer.")
     retokenized: float = Field(description="Share of responses whose re-tokenization differs.")
     rollout_seconds: float
     label_seconds: float
@@ -112,6 +115,11 @@ def group_logprobs(
     return sequence_logprobs(logits, response_ids)
 
 
+def contains_gold(group: RolloutGroup) -> torch.Tensor:
+    """``[G]`` booleans: which responses contain the prompt's gold answer (none without one)."""
+    return torch.tensor([gold_in_answer(r.text, group.prompt.answer) for r in group.responses])
+
+
 def halueval_prompts(
     tokenizer: PreTrainedTokenizerBase, first_line: int, limit: int, max_prompt_tokens: int
 ) -> tuple[list[Prompt], int]:
@@ -128,6 +136,7 @@ def halueval_prompts(
             grounded_prompt_ids(tokenizer, item.knowledge, item.question),
             item.knowledge,
             str(item.line),
+            item.right_answer,
         )
         for item in items
     ]
@@ -315,7 +324,7 @@ class BaltoTrainer:
     def _response_terms(
         self, group: RolloutGroup, truncated: torch.Tensor, n_supported: torch.Tensor
     ) -> torch.Tensor:
-        """Each response's content reward less its length charge (``[G]``)."""
+        """Each response's content and gold rewards less its length charge (``[G]``)."""
         config = self.config
         lengths = torch.tensor([len(r.response_ids) for r in group.responses])
         charges = length_charges(
@@ -325,7 +334,9 @@ class BaltoTrainer:
             config.length_buffer,
             config.truncation_penalty,
         )
-        return content_rewards(n_supported, config.content_reward) - charges
+        rewards = content_rewards(n_supported, config.content_reward)
+        rewards = rewards + gold_rewards(contains_gold(group), config.gold_reward)
+        return rewards - charges
 
     def step(self) -> StepLog:
         """One training step; appends its log line to ``log_path`` when one is set."""
@@ -342,7 +353,7 @@ class BaltoTrainer:
         truncated = [
             torch.tensor([r.finish_reason == "length" for r in g.responses]) for g in groups
         ]
-        if config.truncation_penalty or config.content_reward:
+        if config.truncation_penalty or config.content_reward or config.gold_reward:
             advantages = [
                 add_response_terms(a, t.mask, self._response_terms(g, cut, t.n_supported))
                 for a, t, g, cut in zip(advantages, tensors, groups, truncated, strict=True)
@@ -369,6 +380,7 @@ class BaltoTrainer:
             updates=len(norms),
             response_tokens=n_tokens / len(responses),
             truncated=float(torch.cat(truncated).float().mean()),
+            gold=float(torch.cat([contains_gold(g) for g in groups]).float().mean()),
             retokenized=sum(r.retokenized for r in responses) / len(responses),
             rollout_seconds=rollout_seconds,
             label_seconds=label_seconds,

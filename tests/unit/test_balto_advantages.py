@@ -14,6 +14,7 @@ from balto.advantages import (
     content_rewards,
     fixed_positive_advantages,
     fspo_advantages,
+    gold_rewards,
     group_normalized,
     grpo_binary_rewards,
     grpo_density_rewards,
@@ -166,6 +167,11 @@ def test_cut_responses_pay_the_charge_and_long_ones_a_share_of_it() -> None:
 
 def test_content_reward_pays_responses_with_a_supported_claim() -> None:
     assert torch.equal(content_rewards(torch.tensor([0, 1, 3]), 0.5), torch.tensor([0.0, 0.5, 0.5]))
+
+
+def test_gold_reward_pays_responses_that_contain_the_answer() -> None:
+    found = torch.tensor([True, False, True])
+    assert torch.equal(gold_rewards(found, 0.75), torch.tensor([0.75, 0.0, 0.75]))
 
 
 def test_response_terms_are_centred_on_the_group_and_cover_every_token() -> None:

@@ -19,12 +19,14 @@ from balto.rollout import (
     PoolLabeller,
     Prompt,
     ResponseLabels,
+    Rollout,
+    RolloutGroup,
     VerifierLabeller,
     collect_rollouts,
     group_tensors,
 )
 from balto.rollout_policy import RolloutPolicy
-from balto.trainer import BaltoTrainer, StepLog, group_logprobs
+from balto.trainer import BaltoTrainer, StepLog, contains_gold, group_logprobs
 from engine.model_runner import ModelRunner
 from engine.model_store import MARKER_FILE, adapter_digest, prepare_balto
 from engine.sampling import SamplingParams
@@ -196,6 +198,26 @@ def test_init_adapter_goes_on_from_the_saved_adapter(tmp_path: Path) -> None:
         TrainConfig(full=True, init_adapter=tmp_path / "adapter")
     with pytest.raises(ValidationError):
         TrainConfig(truncation_penalty=0.5, length_buffer=48, max_new_tokens=48)
+
+
+def test_gold_reward_pays_the_responses_that_contain_the_training_answer(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, gold_reward=1.0, truncation_penalty=0.5, length_buffer=2)
+    trainer = BaltoTrainer(
+        config, build_tiny_llama(), build_tiny_tokenizer(), PROMPTS, WordLabeller()
+    )
+
+    def rollout(text: str, length: int) -> Rollout:
+        return Rollout(text, [5] * length, [0] * length, 0, 0, "stop", False)
+
+    prompt = Prompt(ids=[5, 17], context="w5 w17", key="9", answer="W17")
+    group = RolloutGroup(prompt, [rollout("It is w17.", 5), rollout("w5", 6), rollout("w170", 2)])
+    assert contains_gold(group).tolist() == [True, False, False]
+    terms = trainer._response_terms(group, torch.tensor([False, True, False]), torch.zeros(3))
+    assert torch.allclose(terms, torch.tensor([1.0 - 0.25, -0.5, 0.0]))
+    no_answer = RolloutGroup(PROMPTS[0], [rollout("w5", 2), rollout("", 1)])
+    assert not contains_gold(no_answer).any()
+    log = trainer.step()
+    assert 0.0 <= log.gold <= 1.0
 
 
 def test_full_fine_tuning_step_updates_base_weights(tmp_path: Path) -> None:
