@@ -72,7 +72,9 @@ class StepLog(BaseModel):
     updates: int = Field(description="Optimizer updates made (0 when every advantage was 0).")
     response_tokens: float = Field(description="Mean response length in training tokens.")
     truncated: float = Field(0.0, description="Share of responses cut at max_new_tokens.")
-    gold: float = Field(0.0, description="Share of responses containing the gold answer.")
+    gold: float | None = Field(
+        None, description="Share of responses containing the gold answer (None: not logged)."
+    )
     retokenized: float = Field(description="Share of responses whose re-tokenization differs.")
     rollout_seconds: float
     label_seconds: float

@@ -1,6 +1,7 @@
-"""Training curves of BALTO / GRPO_D runs (reward, faithful share, KL, gradient norm per step).
+"""Training curves of BALTO / GRPO_D runs (reward, faithful and gold shares, length, KL, gradient
+norm per step).
 
-Reads each run's train_log.jsonl (balto.trainer.StepLog lines), draws four panels with the runs
+Reads each run's train_log.jsonl (balto.trainer.StepLog lines), draws six panels with the runs
 overlaid (each step thin, a trailing moving average bold) and prints the gradient-norm figures
 behind the paper's "steadier gradients" claim (Figure 4), over the steps that made an update:
 mean, std, max, coefficient of variation (std / mean) and the std of the step-to-step changes.
@@ -23,6 +24,8 @@ from balto.trainer import LOG_FILE, StepLog
 PANELS = (
     ("reward", "Reward (share of supported claims)"),
     ("faithful", "Faithful share (no unsupported claim)"),
+    ("gold", "Gold share (contains the gold answer)"),
+    ("response_tokens", "Mean response length (tokens)"),
     ("kl", "KL to the start policy (per token)"),
     ("grad_norm", "Gradient norm before clipping"),
 )
@@ -79,20 +82,24 @@ def moving_average(values: Sequence[float], window: int) -> np.ndarray:
 
 
 def plot_curves(runs: Mapping[str, Sequence[StepLog]], out_png: Path, window: int = 10) -> None:
-    """Four panels (reward, faithful share, KL, gradient norm) against the step, runs overlaid.
+    """Six panels (``PANELS``) against the step, runs overlaid.
 
-    The gradient-norm panel shows only the steps that made an update.
+    The gradient-norm panel shows only the steps that made an update; a run whose log predates a
+    field (gold) is left out of that panel.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    figure = Figure(figsize=(10.0, 7.2), layout="constrained")
+    figure = Figure(figsize=(10.0, 10.0), layout="constrained")
     FigureCanvasAgg(figure)
-    grid = figure.subplots(2, 2, sharex=True)
+    grid = figure.subplots(3, 2, sharex=True)
     for axes, (field, title) in zip(grid.flat, PANELS, strict=True):
         for name, logs in runs.items():
             kept = [log for log in logs if field != "grad_norm" or log.updates > 0]
+            kept = [log for log in kept if getattr(log, field) is not None]
+            if not kept:
+                continue
             steps = [log.step for log in kept]
             values = [getattr(log, field) for log in kept]
             (raw,) = axes.plot(steps, values, linewidth=0.8, alpha=0.35)
@@ -105,7 +112,7 @@ def plot_curves(runs: Mapping[str, Sequence[StepLog]], out_png: Path, window: in
             )
         axes.set_title(title, fontsize=10)
         axes.grid(alpha=0.3)
-    for axes in grid[1]:
+    for axes in grid[-1]:
         axes.set_xlabel("Step")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     grid[0, 0].legend(fontsize=8)

@@ -11,7 +11,7 @@ from balto.trainer import LOG_FILE, StepLog
 from benchmarks.balto_curves import grad_norm_summary, moving_average, plot_curves, read_log
 
 
-def step_log(step: int, grad_norm: float, updates: int = 1) -> StepLog:
+def step_log(step: int, grad_norm: float, updates: int = 1, gold: float | None = None) -> StepLog:
     return StepLog(
         step=step,
         reward=0.1 * step,
@@ -28,6 +28,7 @@ def step_log(step: int, grad_norm: float, updates: int = 1) -> StepLog:
         retokenized=0.0,
         rollout_seconds=0.5,
         label_seconds=0.1,
+        gold=gold,
     )
 
 
@@ -71,9 +72,11 @@ def test_moving_average_is_trailing_with_a_short_start() -> None:
 
 def test_plot_curves_writes_a_png_from_logs_on_disk(tmp_path: Path) -> None:
     write_log(tmp_path / "balto", LOGS)
-    write_log(tmp_path / "grpo_d", [step_log(i, 0.5 + i) for i in range(3)])
+    # Only the second run logged the gold share: the first is left out of that panel.
+    write_log(tmp_path / "grpo_d", [step_log(i, 0.5 + i, gold=0.1 * i) for i in range(3)])
     runs = {name: read_log(tmp_path / name) for name in ("balto", "grpo_d")}
     assert [log.grad_norm for log in runs["balto"]] == [1.0, 3.0, 0.0, 2.0, 4.0]
+    assert runs["balto"][0].gold is None and runs["grpo_d"][2].gold == pytest.approx(0.2)
     out = tmp_path / "plots" / "curves.png"
     plot_curves(runs, out, window=2)
     assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
