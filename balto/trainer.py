@@ -324,7 +324,11 @@ class BaltoTrainer:
         return losses, norms, clip_fractions
 
     def _response_terms(
-        self, group: RolloutGroup, truncated: torch.Tensor, n_supported: torch.Tensor
+        self,
+        group: RolloutGroup,
+        truncated: torch.Tensor,
+        n_supported: torch.Tensor,
+        found_gold: torch.Tensor,
     ) -> torch.Tensor:
         """Each response's content and gold rewards less its length charge (``[G]``)."""
         config = self.config
@@ -337,7 +341,7 @@ class BaltoTrainer:
             config.truncation_penalty,
         )
         rewards = content_rewards(n_supported, config.content_reward)
-        rewards = rewards + gold_rewards(contains_gold(group), config.gold_reward)
+        rewards = rewards + gold_rewards(found_gold, config.gold_reward)
         return rewards - charges
 
     def step(self) -> StepLog:
@@ -355,10 +359,13 @@ class BaltoTrainer:
         truncated = [
             torch.tensor([r.finish_reason == "length" for r in g.responses]) for g in groups
         ]
+        found_gold = [contains_gold(g) for g in groups]
         if config.truncation_penalty or config.content_reward or config.gold_reward:
             advantages = [
-                add_response_terms(a, t.mask, self._response_terms(g, cut, t.n_supported))
-                for a, t, g, cut in zip(advantages, tensors, groups, truncated, strict=True)
+                add_response_terms(a, t.mask, self._response_terms(g, cut, t.n_supported, gold))
+                for a, t, g, cut, gold in zip(
+                    advantages, tensors, groups, truncated, found_gold, strict=True
+                )
             ]
         advantages = [a.to(self.runner.device) for a in advantages]
         old, kl = self._old_logprobs_and_kl(prompts, tensors)
@@ -382,7 +389,7 @@ class BaltoTrainer:
             updates=len(norms),
             response_tokens=n_tokens / len(responses),
             truncated=float(torch.cat(truncated).float().mean()),
-            gold=float(torch.cat([contains_gold(g) for g in groups]).float().mean()),
+            gold=float(torch.cat(found_gold).float().mean()),
             retokenized=sum(r.retokenized for r in responses) / len(responses),
             rollout_seconds=rollout_seconds,
             label_seconds=label_seconds,

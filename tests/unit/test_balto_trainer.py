@@ -212,7 +212,8 @@ def test_gold_reward_pays_the_responses_that_contain_the_training_answer(tmp_pat
     prompt = Prompt(ids=[5, 17], context="w5 w17", key="9", answer="W17")
     group = RolloutGroup(prompt, [rollout("It is w17.", 5), rollout("w5", 6), rollout("w170", 2)])
     assert contains_gold(group).tolist() == [True, False, False]
-    terms = trainer._response_terms(group, torch.tensor([False, True, False]), torch.zeros(3))
+    cut = torch.tensor([False, True, False])
+    terms = trainer._response_terms(group, cut, torch.zeros(3), contains_gold(group))
     assert torch.allclose(terms, torch.tensor([1.0 - 0.25, -0.5, 0.0]))
     no_answer = RolloutGroup(PROMPTS[0], [rollout("w5", 2), rollout("", 1)])
     assert not contains_gold(no_answer).any()
