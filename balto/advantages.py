@@ -163,14 +163,18 @@ def length_charges(
     return penalty * share
 
 
-def content_rewards(n_supported: torch.Tensor, weight: float) -> torch.Tensor:
-    """``weight`` ``[G]`` for each response with at least one claim the context supports.
+def content_rewards(n_supported: torch.Tensor, weight: float, claims: int = 1) -> torch.Tensor:
+    """``weight`` ``[G]`` shared out over the first ``claims`` supported claims of each response:
+    ``weight * min(n_supported, claims) / claims`` (with ``claims=1``: all of it for answering).
 
     Token-level advantages charge an unsupported claim more than they credit a supported one
     while the base model gets about half its claims wrong, so a response without claims is the
-    safe choice once quoting the context at length is charged; this pays for answering.
+    safe choice once quoting the context at length is charged; this pays for answering, and with
+    ``claims`` > 1 for saying as much as the base model does (BALTO's Info., App. E.2).
     """
-    return weight * (n_supported > 0).float()
+    if claims < 1:
+        raise ValueError("claims must be >= 1")
+    return weight * n_supported.clamp(max=claims).float() / claims
 
 
 def gold_rewards(found: torch.Tensor, weight: float) -> torch.Tensor:

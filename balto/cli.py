@@ -43,6 +43,7 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     _flag(train, "truncation_penalty", type=float)
     _flag(train, "length_buffer", type=int)
     _flag(train, "content_reward", type=float)
+    _flag(train, "content_claims", type=int)
     _flag(train, "gold_reward", type=float)
     _flag(train, "normalizer", choices=["auto", "factual", "tokens"])
     _flag(train, "clip_low", type=float)

@@ -76,6 +76,12 @@ class TrainConfig(BaseModel):
         description="Added to every token of a response with at least one supported claim, "
         "against its group's mean (pays for answering; 0: off).",
     )
+    content_claims: int = Field(
+        1,
+        ge=1,
+        description="With content_reward: pay it in shares of 1/content_claims for each "
+        "supported claim up to content_claims (1: all of it for the first).",
+    )
     gold_reward: float = Field(
         0.0,
         ge=0.0,

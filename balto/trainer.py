@@ -340,7 +340,7 @@ class BaltoTrainer:
             config.length_buffer,
             config.truncation_penalty,
         )
-        rewards = content_rewards(n_supported, config.content_reward)
+        rewards = content_rewards(n_supported, config.content_reward, config.content_claims)
         rewards = rewards + gold_rewards(found_gold, config.gold_reward)
         return rewards - charges
 

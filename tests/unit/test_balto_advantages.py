@@ -169,6 +169,13 @@ def test_content_reward_pays_responses_with_a_supported_claim() -> None:
     assert torch.equal(content_rewards(torch.tensor([0, 1, 3]), 0.5), torch.tensor([0.0, 0.5, 0.5]))
 
 
+def test_content_reward_is_shared_over_supported_claims_up_to_the_cap() -> None:
+    paid = content_rewards(torch.tensor([0, 1, 2, 4, 9]), 1.0, claims=4)
+    assert torch.equal(paid, torch.tensor([0.0, 0.25, 0.5, 1.0, 1.0]))
+    with pytest.raises(ValueError):
+        content_rewards(torch.tensor([1]), 1.0, claims=0)
+
+
 def test_gold_reward_pays_responses_that_contain_the_answer() -> None:
     found = torch.tensor([True, False, True])
     assert torch.equal(gold_rewards(found, 0.75), torch.tensor([0.75, 0.0, 0.75]))
