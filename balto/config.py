@@ -73,8 +73,8 @@ class TrainConfig(BaseModel):
     content_reward: float = Field(
         0.0,
         ge=0.0,
-        description="Added to every token of a response with at least one supported claim, "
-        "against its group's mean (pays for answering; 0: off).",
+        description="Added to every token of a response with a supported claim (in shares, "
+        "with content_claims), against its group's mean (pays for answering; 0: off).",
     )
     content_claims: int = Field(
         1,
