@@ -57,11 +57,15 @@ class Row:
     repeat: int = 0
 
 
-# The guard settings of each mode; `guard-clause` closes segments at clause ends too.
+# The guard settings of each mode. `guard` decodes one chain and streams it segment by segment
+# (the mode the speed targets are set for); `guard-clause` closes segments at clause ends too;
+# `guard-chains` is the model's calibrated default, which may decode several chains and hold
+# the answer until they all end.
 GUARD_SETTINGS: dict[str, dict[str, object]] = {
     "plain": {"enabled": False},
-    "guard": {"enabled": True},
-    "guard-clause": {"enabled": True, "segment_boundary": "clause"},
+    "guard": {"enabled": True, "chains": 1},
+    "guard-clause": {"enabled": True, "chains": 1, "segment_boundary": "clause"},
+    "guard-chains": {"enabled": True},
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Self
+from typing import Any, Literal, Self
 
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
@@ -112,8 +112,49 @@ def pick_setting(
     return max(eligible, key=lambda pair: (pair[1].gold_in_answer_answered, pair[1].coverage))
 
 
-class GuardCalibration(BaseModel):
-    """Guard thresholds chosen on development lines, the budget, and what they achieved there."""
+class ChainSetting(BaseModel):
+    """How many chains a guarded request decodes and how its answer is chosen among them."""
+
+    chains: int = Field(1, ge=1, le=8, description="Chains decoded side by side.")
+    chain_choice: Literal["paper", "consensus"] = Field(
+        "paper", description="How the answer is chosen among the chains that passed."
+    )
+    sampling_temperature: float = Field(
+        0.4, ge=0.0, le=5.0, description="Sampling temperature of the chains after the first."
+    )
+
+
+def best_threshold(
+    thresholds: Sequence[float],
+    answered: np.ndarray,
+    correct: np.ndarray,
+    max_abstention: float,
+) -> int:
+    """Index of the threshold whose outcome is most accurate among answered within the budget.
+
+    `answered` and `correct` are [thresholds, items]: what each threshold leaves answered and
+    whether that answer holds the gold one (the answer may change with the threshold, as when
+    chains are chosen among those passing it). Ties go to the higher coverage, then to the
+    lower threshold. ValueError when no threshold answers anything within the budget.
+    """
+    _check_budget(max_abstention)
+    answered = np.asarray(answered, dtype=bool)
+    correct = np.asarray(correct, dtype=bool)
+    if answered.shape != correct.shape or answered.shape[0] != len(thresholds):
+        raise ValueError("need one row of answered and correct flags per threshold")
+    kept = answered.sum(axis=1)
+    feasible = (answered.shape[1] - kept <= max_abstention * answered.shape[1] + _SLACK) & (
+        kept > 0
+    )
+    if not feasible.any():
+        raise ValueError(f"no threshold answers anything within an abstention of {max_abstention}")
+    accuracy = (answered & correct).sum(axis=1) / np.maximum(kept, 1)
+    return max(np.flatnonzero(feasible), key=lambda i: (accuracy[i], kept[i], -thresholds[i]))
+
+
+class GuardCalibration(ChainSetting):
+    """Guard thresholds and chains chosen on development lines, the budget, and what they
+    achieved there."""
 
     lam: float = Field(0.6, ge=0.0, le=1.0, description="Weight of the hidden-state term in F_tok.")
     tau_token: float = Field(ge=0.0, le=1.0)
@@ -139,9 +180,9 @@ class GuardCalibration(BaseModel):
             )
         return self
 
-    def guard_options(self) -> dict[str, float]:
-        """The thresholds as per-request guard overrides (the `guard` body field)."""
-        return {name: getattr(self, name) for name in THRESHOLDS}
+    def guard_options(self) -> dict[str, Any]:
+        """The thresholds and chain setting as per-request guard overrides (the `guard` field)."""
+        return {name: getattr(self, name) for name in (*THRESHOLDS, *ChainSetting.model_fields)}
 
     def save(self, path: Path) -> None:
         """Write the calibration as indented JSON."""
@@ -160,8 +201,10 @@ def calibrate(
     first_line: int,
     last_line: int,
     dataset: str = HALUEVAL,
+    chains: ChainSetting | None = None,
 ) -> GuardCalibration:
-    """Pick the best setting within the budget (see `pick_setting`) and record it.
+    """Pick the best setting within the budget (see `pick_setting`) and record it with the
+    chain setting it was decoded with.
 
     Thresholds a setting does not name keep guard's defaults.
     """
@@ -169,6 +212,7 @@ def calibrate(
     defaults = GuardConfig()
     thresholds = {name: chosen.thresholds.get(name, getattr(defaults, name)) for name in THRESHOLDS}
     return GuardCalibration(
+        **(chains or ChainSetting()).model_dump(),
         **thresholds,
         max_abstention=max_abstention,
         dataset=dataset,

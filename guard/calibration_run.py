@@ -3,16 +3,20 @@
 Each candidate setting of the segment thresholds is decoded once with the global check
 switched off (tau_global 0), recording every answer's F_global; `tau_global` is then the
 threshold on F_global that, within what is left of the abstention budget, keeps the answers
-most often containing the gold answer. The best setting overall is saved beside the probe.
+most often containing the gold answer. With several chains per item, every chain is decoded
+and each candidate `tau_global` is replayed: the chains passing it, the answer chosen among
+them as the server chooses it, abstention when none passes. The best setting overall is saved
+beside the probe, with the chain setting.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 from sklearn.metrics import roc_auc_score
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -22,7 +26,15 @@ from engine.sampling import SamplingParams
 from evals.halueval import HaluEvalItem, load_halueval
 from evals.metrics import gold_in_answer
 from evals.prompts import grounded_messages, grounded_prompt_ids
-from guard.calibration import GuardCalibration, SettingResult, calibrate, threshold_for_budget
+from guard.calibration import (
+    ChainSetting,
+    GuardCalibration,
+    SettingResult,
+    best_threshold,
+    calibrate,
+    threshold_for_budget,
+)
+from guard.chains import choose_chain, consensus_chain
 from guard.config import GuardConfig, SegmentEvidence
 from guard.guarded_sequence import GuardedSequence
 from guard.probe import HallucinationProbe
@@ -73,32 +85,36 @@ def decode_guarded(
     probe: HallucinationProbe | None,
     verifier: Verifier,
     max_tokens: int,
-) -> list[GuardedAnswer]:
-    """Decode every item under `config` on one engine, batched, greedily."""
+) -> list[list[GuardedAnswer]]:
+    """Decode every item's `config.chains` chains on one engine, batched: chain 0 greedily,
+    the others sampling among candidates (seeded by line and chain), as the server does."""
     engine = LLMEngine(runner)
     eos = runner.eos_token_ids(tokenizer)
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
     seqs: dict[str, tuple[HaluEvalItem, GuardedSequence]] = {}
     for item in items:
         context = conversation_context(item)
+        prompt = grounded_prompt_ids(tokenizer, item.knowledge, item.question)
 
         def evidence(text: str, context: str = context) -> SegmentEvidence:
             return SegmentEvidence.of(verifier.verify(text, context))
 
-        seq = GuardedSequence(
-            str(item.line),
-            grounded_prompt_ids(tokenizer, item.knowledge, item.question),
-            params,
-            tokenizer,
-            eos,
-            runner.max_model_len,
-            config,
-            runner.embed,
-            evidence=evidence if config.use_evidence else None,
-            risk=None if probe is None else probe.risk,
-        )
-        seqs[seq.request_id] = (item, seq)
-        engine.add(seq)
+        for chain in range(config.chains):
+            seq = GuardedSequence(
+                f"{item.line}/{chain}",
+                prompt,
+                replace(params, seed=item.line * config.chains + chain),
+                tokenizer,
+                eos,
+                runner.max_model_len,
+                config,
+                runner.embed,
+                evidence=evidence if config.use_evidence else None,
+                explore=chain > 0,
+                risk=None if probe is None else probe.risk,
+            )
+            seqs[seq.request_id] = (item, seq)
+            engine.add(seq)
     texts = {request_id: "" for request_id in seqs}
     reports: dict[str, GuardReport] = {}
     while engine.has_work():
@@ -109,12 +125,13 @@ def decode_guarded(
             texts[request_id] += output.text
             if output.report is not None:
                 reports[request_id] = output.report
-    return [
-        GuardedAnswer(
-            item.line, texts[rid], reports[rid], gold_in_answer(texts[rid], item.right_answer)
+    by_line: dict[int, list[GuardedAnswer]] = {}
+    for rid, (item, _) in seqs.items():
+        correct = gold_in_answer(texts[rid], item.right_answer)
+        by_line.setdefault(item.line, []).append(
+            GuardedAnswer(item.line, texts[rid], reports[rid], correct)
         )
-        for rid, (item, _) in seqs.items()
-    ]
+    return list(by_line.values())
 
 
 def with_global_threshold(
@@ -134,6 +151,42 @@ def with_global_threshold(
         thresholds={**thresholds, "tau_global": tau},
         answered=kept,
         correct=[a.correct for a in answers],
+    )
+
+
+def chosen_answer(
+    chains: list[GuardedAnswer], tau: float, setting: ChainSetting, clusters: int
+) -> GuardedAnswer | None:
+    """The answer the server gives from these chains at `tau_global` (None: it abstains)."""
+    passed = [a for a in chains if a.answered and a.confidence >= tau]
+    if not passed:
+        return None
+    texts = [a.text for a in passed]
+    if setting.chain_choice == "consensus":
+        return passed[consensus_chain(texts)]
+    return passed[choose_chain(texts, [a.confidence for a in passed], clusters)]
+
+
+def with_chain_threshold(
+    thresholds: dict[str, float],
+    items: list[list[GuardedAnswer]],
+    max_abstention: float,
+    setting: ChainSetting,
+    clusters: int,
+    candidates: int = 200,
+) -> SettingResult:
+    """The setting completed by the tau_global that best spends the budget over several chains,
+    tried at `candidates` quantiles of the chains' F_global (and 0)."""
+    scores = [a.confidence for chains in items for a in chains if a.answered]
+    taus = sorted({0.0, *np.quantile(scores, np.linspace(0, 1, candidates)).tolist()})
+    answers = [[chosen_answer(c, tau, setting, clusters) for c in items] for tau in taus]
+    answered = np.array([[a is not None for a in row] for row in answers])
+    correct = np.array([[a is not None and a.correct for a in row] for row in answers])
+    best = best_threshold(taus, answered, correct, max_abstention)
+    return SettingResult(
+        thresholds={**thresholds, "tau_global": taus[best]},
+        answered=answered[best].tolist(),
+        correct=correct[best].tolist(),
     )
 
 
@@ -159,15 +212,18 @@ def run_calibration(
     lines: tuple[int, int],
     max_abstention: float,
     grid: tuple[dict[str, float], ...] = DEFAULT_GRID,
+    chains: ChainSetting | None = None,
     max_tokens: int = 64,
-    slots: int = 16,
+    slots_per_chain: int = 16,
 ) -> GuardCalibration:
-    """Decode the dev lines under each setting, pick the best in budget, save it."""
+    """Decode the dev lines under each setting (and chain setting), pick the best in budget,
+    save it."""
+    chains = chains or ChainSetting()
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     probe = HallucinationProbe.load(guard_dir / "guard_probe.json")
     runner = ModelRunner.load(
         model_dir,
-        num_slots=slots,
+        num_slots=slots_per_chain * chains.chains,
         max_model_len=2048,
         max_candidates=GuardConfig().num_candidates,
         device="cpu",
@@ -177,12 +233,19 @@ def run_calibration(
     verifier = Verifier(VerifierConfig(use_embeddings=False))
     results = []
     for thresholds in grid:
-        config = GuardConfig(enabled=True, token_score="probe", tau_global=0.0, **thresholds)
-        answers = decode_guarded(runner, tokenizer, items, config, probe, verifier, max_tokens)
-        log_separation(thresholds, answers)
-        result = with_global_threshold(thresholds, answers, max_abstention)
+        config = GuardConfig(
+            enabled=True, token_score="probe", tau_global=0.0, **chains.model_dump(), **thresholds
+        )
+        decoded = decode_guarded(runner, tokenizer, items, config, probe, verifier, max_tokens)
+        log_separation(thresholds, [first for first, *_ in decoded])
+        if chains.chains == 1:
+            result = with_global_threshold(thresholds, [a for (a,) in decoded], max_abstention)
+        else:
+            result = with_chain_threshold(
+                thresholds, decoded, max_abstention, chains, config.clusters
+            )
         logger.info("setting %s -> %s", json.dumps(result.thresholds), result.answered.count(True))
         results.append(result)
-    calibration = calibrate(results, max_abstention, lines[0], lines[1])
+    calibration = calibrate(results, max_abstention, lines[0], lines[1], chains=chains)
     calibration.save(guard_dir / "guard_calibration.json")
     return calibration

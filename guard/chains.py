@@ -1,13 +1,16 @@
-"""Chains side by side: representatives by TF-IDF + KMeans, the best by F_global (seed 004)."""
+"""Chains side by side, one answer chosen: the paper's way (representatives by TF-IDF + KMeans,
+the best by F_global; seed 004) or by consensus (the answer the other chains agree with most)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Literal
 
 import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import pairwise_distances_argmin
+from sklearn.metrics.pairwise import cosine_similarity
 
 from engine.outputs import SequenceOutput
 from guard.report import GuardReport
@@ -47,13 +50,32 @@ def choose_chain(
     return max((passed[i] for i in representatives), key=lambda i: scores[i] or 0.0)
 
 
-def best_chain(
-    results: list[SequenceOutput[GuardReport]], n_clusters: int, seed: int
-) -> SequenceOutput[GuardReport]:
-    """The answer from chains decoded side by side: the best representative, with every score.
+def consensus_chain(texts: list[str]) -> int:
+    """Index of the text most like the others on average, by cosine of TF-IDF vectors fitted on
+    these texts (self-consistency: an answer that sampled chains keep reproducing is more often
+    right); ties go to the earlier text (chain 0 is the greedy one). 0 for fewer than two.
+    """
+    if len(texts) < 2:
+        return 0
+    try:
+        similarities = cosine_similarity(TfidfVectorizer().fit_transform(texts))
+    except ValueError:  # empty vocabulary: no text has a word token, all alike
+        return 0
+    agreement = (similarities.sum(axis=1) - np.diag(similarities)) / (len(texts) - 1)
+    return int(np.argmax(agreement))
 
-    A chain passed when it was answered and has a global check; its score is F_global. The
-    answer counts every chain's tokens and its report lists all chains' scores.
+
+def best_chain(
+    results: list[SequenceOutput[GuardReport]],
+    n_clusters: int,
+    seed: int,
+    choice: Literal["paper", "consensus"] = "paper",
+) -> SequenceOutput[GuardReport]:
+    """The answer from chains decoded side by side, with every chain's score in its report.
+
+    A chain passed when it was answered and has a global check; its score is F_global.
+    `choice` "paper": the best-scoring KMeans representative; "consensus": the passing chain
+    the other passing chains agree with most. The answer counts every chain's tokens.
     """
     scores = [
         r.report.global_check.f_global
@@ -61,7 +83,13 @@ def best_chain(
         else None
         for r in results
     ]
-    chosen = results[choose_chain([r.text for r in results], scores, n_clusters, seed)]
+    texts = [r.text for r in results]
+    if choice == "consensus":
+        passed = [i for i, score in enumerate(scores) if score is not None]
+        index = passed[consensus_chain([texts[i] for i in passed])] if passed else 0
+    else:
+        index = choose_chain(texts, scores, n_clusters, seed)
+    chosen = results[index]
     report = None
     if chosen.report is not None:
         report = chosen.report.model_copy(update={"chains": len(results), "chain_scores": scores})

@@ -94,6 +94,25 @@ def add_guard_parser(commands: argparse._SubParsersAction) -> None:
         metavar="JSON",
         help="Settings to try: a JSON list of {name: value} (default: the built-in grid).",
     )
+    cal.add_argument(
+        "--chains",
+        type=int,
+        default=1,
+        help="Chains decoded per question, the answer chosen among those passing the global "
+        "check (default: %(default)s).",
+    )
+    cal.add_argument(
+        "--chain-choice",
+        choices=("paper", "consensus"),
+        default="paper",
+        help="How the answer is chosen among passing chains (default: %(default)s).",
+    )
+    cal.add_argument(
+        "--sampling-temperature",
+        type=float,
+        default=0.4,
+        help="Sampling temperature of the chains after the first (default: %(default)s).",
+    )
     cal.set_defaults(handler=run_calibrate)
 
 
@@ -127,13 +146,19 @@ def run_fit_probe(args: argparse.Namespace) -> int:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     """Decode the lines under each setting and save the calibration beside the probe."""
+    from guard.calibration import ChainSetting
     from guard.calibration_run import DEFAULT_GRID, run_calibration
 
     logging.basicConfig(level=logging.INFO)
     model_dir = resolve_model(args.model, args.cache_dir)
     grid = tuple(args.grid) if args.grid else DEFAULT_GRID
+    chains = ChainSetting(
+        chains=args.chains,
+        chain_choice=args.chain_choice,
+        sampling_temperature=args.sampling_temperature,
+    )
     calibration = run_calibration(
-        model_dir, _guard_dir(args), args.lines, args.max_abstention, grid=grid
+        model_dir, _guard_dir(args), args.lines, args.max_abstention, grid=grid, chains=chains
     )
     print(calibration.model_dump_json(indent=2))
     return 0

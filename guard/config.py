@@ -67,6 +67,12 @@ class GuardConfig(BaseModel):
     clusters: int = Field(
         3, ge=1, le=8, description="KMeans clusters over chains (3 small sets, 5 large)."
     )
+    chain_choice: Literal["paper", "consensus"] = Field(
+        "paper",
+        description="How the answer is chosen among chains that passed the global check: "
+        "'paper' (KMeans representatives, the best F_global) or 'consensus' (the answer the "
+        "other passing chains agree with most, by TF-IDF cosine).",
+    )
     score_temperature: float = Field(
         0.3, gt=0.0, le=5.0, description="Softmax temperature of candidate probabilities."
     )

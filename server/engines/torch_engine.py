@@ -103,7 +103,12 @@ class TorchEngine:
             )
             for c in range(guard.config.chains)
         ]
-        return best_chain(list(await asyncio.gather(*runs)), guard.config.clusters, seed)
+        return best_chain(
+            list(await asyncio.gather(*runs)),
+            guard.config.clusters,
+            seed,
+            guard.config.chain_choice,
+        )
 
     async def _collect(self, seq: Sequence) -> SequenceOutput[GuardReport]:
         """Run a sequence to its end; its whole output as one (aborted if cancelled)."""

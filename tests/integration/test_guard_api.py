@@ -71,11 +71,11 @@ def kept_text(report: dict[str, Any]) -> str:
     return "".join(s["text"] for s in report["segments"] if s["status"] != "discarded")
 
 
-def check_report(report: dict[str, Any]) -> None:
+def check_report(report: dict[str, Any], chains: int = CALIBRATION.chains) -> None:
     """A report's shape, and the relations between its numbers that Eq. 12 and 17 fix."""
     assert report["mode"] == "guard"
     assert report["outcome"] in ("answered", "truncated", "refused")
-    assert report["chains"] == 1
+    assert report["chains"] == chains
     assert isinstance(report["low_confidence_tokens"], int)
     assert report["low_confidence_tokens"] >= 0
     assert set(report["timings"]) == {"token_s", "segment_s", "refinement_s", "global_s"}
@@ -245,7 +245,7 @@ def stream_guarded(server: Server, guard: dict[str, Any]) -> list[Any]:
 
 
 def test_streaming_guarded_sends_accepted_segments_then_report(torch_server: Server) -> None:
-    guard = {"enabled": True, "sampling_temperature": 0}
+    guard = {"enabled": True, "chains": 1}
     chunks = stream_guarded(torch_server, guard)
     assert chunks[0].choices[0].delta.role == "assistant"
     with_choices = [c for c in chunks if c.choices]
@@ -253,7 +253,7 @@ def test_streaming_guarded_sends_accepted_segments_then_report(torch_server: Ser
     assert final.choices[0].finish_reason in ("stop", "length")
     report = (final.model_extra or {}).get("guard")
     assert isinstance(report, dict)
-    check_report(report)
+    check_report(report, chains=1)
     for chunk in with_choices[:-1]:
         assert chunk.choices[0].finish_reason is None
         assert (chunk.model_extra or {}).get("guard") is None
@@ -277,6 +277,24 @@ def test_streaming_guarded_truncation(torch_server: Server) -> None:
     report = (with_choices[-1].model_extra or {}).get("guard")
     assert report["outcome"] == "truncated"
     assert report["segments"][0]["status"] == "discarded"
+
+
+def test_calibrated_chains_and_consensus(torch_server: Server) -> None:
+    listed = torch_server.openai().models.list().data[0].model_extra["guard"]
+    assert (listed["chains"], listed["chain_choice"]) == (
+        CALIBRATION.chains,
+        CALIBRATION.chain_choice,
+    )
+    report = reports(ask(torch_server, guard={"enabled": True}, messages=GROUNDED))[0]
+    check_report(report)
+    assert len(report["chain_scores"]) == CALIBRATION.chains
+    # Chains that cannot sample all decode the greedy answer, which consensus then returns.
+    alike = {"enabled": True, "chain_choice": "consensus", "sampling_temperature": 0.0}
+    single = ask(torch_server, guard={**alike, "chains": 1}, messages=GROUNDED)
+    several = ask(torch_server, guard={**alike, "chains": 3}, messages=GROUNDED)
+    assert several.choices[0].message.content == single.choices[0].message.content
+    assert reports(several)[0]["chains"] == 3
+    assert several.usage.completion_tokens == 3 * single.usage.completion_tokens
 
 
 def test_guarded_and_plain_requests_concurrently(server: Server) -> None:

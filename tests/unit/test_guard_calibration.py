@@ -9,8 +9,10 @@ import pytest
 from pydantic import ValidationError
 
 from guard.calibration import (
+    ChainSetting,
     GuardCalibration,
     SettingResult,
+    best_threshold,
     calibrate,
     figures_of,
     pick_setting,
@@ -122,6 +124,9 @@ def test_calibration_records_choice_and_round_trips(tmp_path: Path) -> None:
         "tau_low": 0.5,
         "tau_high": defaults.tau_high,
         "tau_global": 0.6,
+        "chains": 1,
+        "chain_choice": "paper",
+        "sampling_temperature": defaults.sampling_temperature,
     }
     GuardConfig.model_validate(calibration.guard_options())  # valid guard overrides
     path = tmp_path / "calib" / "guard.json"
@@ -129,6 +134,31 @@ def test_calibration_records_choice_and_round_trips(tmp_path: Path) -> None:
     assert GuardCalibration.load(path) == calibration
     best = calibrate(results, max_abstention=0.25, first_line=1, last_line=4)
     assert (best.tau_global, best.achieved.coverage) == (0.4, 1.0)
+    chains = ChainSetting(chains=4, chain_choice="consensus", sampling_temperature=0.7)
+    with_chains = calibrate(results, 0.25, first_line=1, last_line=4, chains=chains)
+    options = with_chains.guard_options()
+    assert (options["chains"], options["chain_choice"], options["sampling_temperature"]) == (
+        4,
+        "consensus",
+        0.7,
+    )
+    assert GuardConfig.model_validate(options).chain_choice == "consensus"
+
+
+def test_best_threshold_replays_answers_that_change_with_the_threshold() -> None:
+    # Rows are thresholds; the answer to item 2 changes (wrong -> right) at the second one.
+    answered = np.array([[1, 1, 1, 1], [1, 1, 1, 0], [1, 0, 0, 0]], dtype=bool)
+    correct = np.array([[1, 0, 0, 1], [1, 0, 1, 0], [1, 0, 0, 0]], dtype=bool)
+    taus = [0.0, 0.3, 0.6]
+    assert best_threshold(taus, answered, correct, max_abstention=0.0) == 0  # 2/4
+    assert best_threshold(taus, answered, correct, max_abstention=0.25) == 1  # 2/3
+    assert best_threshold(taus, answered, correct, max_abstention=0.75) == 2  # 1/1
+    tied = np.array([[1, 1], [1, 1]], dtype=bool)
+    assert best_threshold([0.2, 0.1], tied, tied, max_abstention=0.0) == 1  # lower threshold
+    with pytest.raises(ValueError, match="no threshold"):
+        best_threshold([0.5], np.zeros((1, 2), bool), np.zeros((1, 2), bool), 0.4)
+    with pytest.raises(ValueError, match="one row"):
+        best_threshold([0.5, 0.6], answered, correct, 0.1)
 
 
 def test_calibration_refuses_release_lines_and_bad_thresholds() -> None:

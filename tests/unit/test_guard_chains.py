@@ -1,6 +1,8 @@
-"""Representative chain selection by TF-IDF + KMeans."""
+"""Chain selection: representatives by TF-IDF + KMeans, or the consensus answer."""
 
-from guard.chains import choose_chain, representative_chains
+from engine.outputs import SequenceOutput
+from guard.chains import best_chain, choose_chain, consensus_chain, representative_chains
+from guard.report import GlobalReport, GuardReport
 
 TOPICS = [
     "the revenue of acme grew to twelve billion dollars",
@@ -60,3 +62,41 @@ def test_choose_chain_takes_the_best_scoring_representative() -> None:
 def test_choose_chain_skips_failed_chains_and_falls_back_to_the_first() -> None:
     assert choose_chain(["a b", "c d"], [None, 0.1], n_clusters=3) == 1
     assert choose_chain(["a b", "c d"], [None, None], n_clusters=3) == 0
+
+
+def test_consensus_chain_takes_the_answer_the_others_repeat() -> None:
+    texts = [
+        "Lyon is the capital of France.",
+        "Paris is the capital of France.",
+        "The capital of France is Paris.",
+        "France has Paris as its capital city.",
+    ]
+    assert consensus_chain(texts) in (1, 2)
+    assert consensus_chain(["same words", "same words", "other thing"]) == 0  # tie: earliest
+    assert consensus_chain(["only one"]) == 0
+    assert consensus_chain(["", "", ""]) == 0
+
+
+def _chain(text: str, f_global: float | None) -> SequenceOutput[GuardReport]:
+    report = GuardReport(outcome="answered" if f_global is not None else "refused")
+    if f_global is not None:
+        report.global_check = GlobalReport(
+            f_fact=f_global, f_logic=1.0, f_global=f_global, iterations=0, tau_low=0, tau_high=0
+        )
+    return SequenceOutput(text, 5, report=report)
+
+
+def test_best_chain_by_consensus_ignores_refused_chains_and_counts_all_tokens() -> None:
+    results = [
+        _chain("Lyon is the capital.", 0.9),
+        _chain("Paris is the capital.", 0.6),
+        _chain("The capital is Paris.", 0.55),
+        _chain("I cannot answer that reliably.", None),
+    ]
+    chosen = best_chain(results, n_clusters=3, seed=0, choice="consensus")
+    assert chosen.text in ("Paris is the capital.", "The capital is Paris.")
+    assert chosen.completion_tokens == 20
+    assert chosen.report is not None and chosen.report.chain_scores == [0.9, 0.6, 0.55, None]
+    assert best_chain(results, n_clusters=3, seed=0).text == "Lyon is the capital."  # paper
+    refused = [_chain("no", None), _chain("nope", None)]
+    assert best_chain(refused, 3, 0, "consensus").text == "no"
