@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from evals.halueval import DEV_LAST_LINE
-from guard.config import GuardConfig
+from guard.config import ChainChoice, GuardConfig
 
 HALUEVAL = "halueval"
 THRESHOLDS = ("lam", "tau_token", "tau_low", "tau_high", "tau_global")
@@ -116,7 +116,7 @@ class ChainSetting(BaseModel):
     """How many chains a guarded request decodes and how its answer is chosen among them."""
 
     chains: int = Field(1, ge=1, le=8, description="Chains decoded side by side.")
-    chain_choice: Literal["paper", "consensus"] = Field(
+    chain_choice: ChainChoice = Field(
         "paper", description="How the answer is chosen among the chains that passed."
     )
     sampling_temperature: float = Field(

@@ -4,7 +4,6 @@ the best by F_global; seed 004) or by consensus (the answer the other chains agr
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Literal
 
 import numpy as np
 from sklearn.cluster import KMeans
@@ -13,6 +12,7 @@ from sklearn.metrics import pairwise_distances_argmin
 from sklearn.metrics.pairwise import cosine_similarity
 
 from engine.outputs import SequenceOutput
+from guard.config import ChainChoice
 from guard.report import GuardReport
 
 
@@ -69,7 +69,7 @@ def best_chain(
     results: list[SequenceOutput[GuardReport]],
     n_clusters: int,
     seed: int,
-    choice: Literal["paper", "consensus"] = "paper",
+    choice: ChainChoice = "paper",
 ) -> SequenceOutput[GuardReport]:
     """The answer from chains decoded side by side, with every chain's score in its report.
 

@@ -6,8 +6,11 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import get_args
 
 from engine.model_store import DEFAULT_MODEL, resolve_model
+from guard.calibration import ChainSetting
+from guard.config import ChainChoice
 from guard.probe import PROBE_FILE, PROBES_DIR
 
 
@@ -94,23 +97,24 @@ def add_guard_parser(commands: argparse._SubParsersAction) -> None:
         metavar="JSON",
         help="Settings to try: a JSON list of {name: value} (default: the built-in grid).",
     )
+    chain_defaults = ChainSetting()
     cal.add_argument(
         "--chains",
         type=int,
-        default=1,
+        default=chain_defaults.chains,
         help="Chains decoded per question, the answer chosen among those passing the global "
         "check (default: %(default)s).",
     )
     cal.add_argument(
         "--chain-choice",
-        choices=("paper", "consensus"),
-        default="paper",
+        choices=get_args(ChainChoice),
+        default=chain_defaults.chain_choice,
         help="How the answer is chosen among passing chains (default: %(default)s).",
     )
     cal.add_argument(
         "--sampling-temperature",
         type=float,
-        default=0.4,
+        default=chain_defaults.sampling_temperature,
         help="Sampling temperature of the chains after the first (default: %(default)s).",
     )
     cal.set_defaults(handler=run_calibrate)
@@ -146,7 +150,6 @@ def run_fit_probe(args: argparse.Namespace) -> int:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     """Decode the lines under each setting and save the calibration beside the probe."""
-    from guard.calibration import ChainSetting
     from guard.calibration_run import DEFAULT_GRID, run_calibration
 
     logging.basicConfig(level=logging.INFO)

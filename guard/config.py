@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from verify.verifier import Verification
 
 MAX_CANDIDATES = 16
+ChainChoice = Literal["paper", "consensus"]
 
 
 class GuardConfig(BaseModel):
@@ -67,7 +68,7 @@ class GuardConfig(BaseModel):
     clusters: int = Field(
         3, ge=1, le=8, description="KMeans clusters over chains (3 small sets, 5 large)."
     )
-    chain_choice: Literal["paper", "consensus"] = Field(
+    chain_choice: ChainChoice = Field(
         "paper",
         description="How the answer is chosen among chains that passed the global check: "
         "'paper' (KMeans representatives, the best F_global) or 'consensus' (the answer the "
