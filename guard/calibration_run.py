@@ -176,10 +176,20 @@ def with_chain_threshold(
     candidates: int = 200,
 ) -> SettingResult:
     """The setting completed by the tau_global that best spends the budget over several chains,
-    tried at `candidates` quantiles of the chains' F_global (and 0)."""
+    tried at `candidates` quantiles of the chains' F_global (and 0). Each item's choice is
+    made once per set of passing chains, however many thresholds leave that set."""
     scores = [a.confidence for chains in items for a in chains if a.answered]
     taus = sorted({0.0, *np.quantile(scores, np.linspace(0, 1, candidates)).tolist()})
-    answers = [[chosen_answer(c, tau, setting, clusters) for c in items] for tau in taus]
+    choices: dict[tuple[int, tuple[int, ...]], GuardedAnswer | None] = {}
+
+    def answer_at(item: int, tau: float) -> GuardedAnswer | None:
+        chains = items[item]
+        passing = tuple(k for k, a in enumerate(chains) if a.answered and a.confidence >= tau)
+        if (item, passing) not in choices:
+            choices[item, passing] = chosen_answer(chains, tau, setting, clusters)
+        return choices[item, passing]
+
+    answers = [[answer_at(i, tau) for i in range(len(items))] for tau in taus]
     answered = np.array([[a is not None for a in row] for row in answers])
     correct = np.array([[a is not None and a.correct for a in row] for row in answers])
     best = best_threshold(taus, answered, correct, max_abstention)
