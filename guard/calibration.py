@@ -122,6 +122,9 @@ class ChainSetting(BaseModel):
     sampling_temperature: float = Field(
         0.4, ge=0.0, le=5.0, description="Sampling temperature of the chains after the first."
     )
+    prefer_supported: bool = Field(
+        False, description="Choose among the passing chains the claim verifier supports, if any."
+    )
 
 
 def best_threshold(

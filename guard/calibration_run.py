@@ -34,11 +34,12 @@ from guard.calibration import (
     calibrate,
     threshold_for_budget,
 )
-from guard.chains import choose_chain, consensus_chain
+from guard.chains import chains_to_choose_from, choose_chain, consensus_chain
 from guard.config import GuardConfig, SegmentEvidence
 from guard.guarded_sequence import GuardedSequence
 from guard.probe import HallucinationProbe
 from guard.report import GuardReport
+from verify.claims import without_questions
 from verify.verifier import Verifier, VerifierConfig
 
 logger = logging.getLogger(__name__)
@@ -53,12 +54,14 @@ DEFAULT_GRID: tuple[dict[str, float], ...] = (
 
 @dataclass(frozen=True)
 class GuardedAnswer:
-    """One dev item decoded under a setting: the answer, its report, gold containment."""
+    """One dev item decoded under a setting: the answer, its report, gold containment, and
+    whether the claim verifier supports the whole answer (None: not checked)."""
 
     line: int
     text: str
     report: GuardReport
     correct: bool
+    supported: bool | None = None
 
     @property
     def answered(self) -> bool:
@@ -134,6 +137,21 @@ def decode_guarded(
     return list(by_line.values())
 
 
+def check_answers(
+    items: list[HaluEvalItem], decoded: list[list[GuardedAnswer]], verifier: Verifier
+) -> list[list[GuardedAnswer]]:
+    """The decoded answers with `supported` set: the verifier's view of each whole answer
+    against the statements of its conversation, as the server checks chains."""
+    contexts = {item.line: without_questions(conversation_context(item)) for item in items}
+    return [
+        [
+            replace(a, supported=not verifier.verify(a.text, contexts[a.line]).hallucinated)
+            for a in chains
+        ]
+        for chains in decoded
+    ]
+
+
 def with_global_threshold(
     thresholds: dict[str, float], answers: list[GuardedAnswer], max_abstention: float
 ) -> SettingResult:
@@ -158,7 +176,13 @@ def chosen_answer(
     chains: list[GuardedAnswer], tau: float, setting: ChainSetting, clusters: int
 ) -> GuardedAnswer | None:
     """The answer the server gives from these chains at `tau_global` (None: it abstains)."""
-    passed = [a for a in chains if a.answered and a.confidence >= tau]
+    passed = [
+        chains[i]
+        for i in chains_to_choose_from(
+            [a.answered and a.confidence >= tau for a in chains],
+            [a.supported for a in chains] if setting.prefer_supported else None,
+        )
+    ]
     if not passed:
         return None
     texts = [a.text for a in passed]
@@ -247,6 +271,8 @@ def run_calibration(
             enabled=True, token_score="probe", tau_global=0.0, **chains.model_dump(), **thresholds
         )
         decoded = decode_guarded(runner, tokenizer, items, config, probe, verifier, max_tokens)
+        if chains.prefer_supported and chains.chains > 1:
+            decoded = check_answers(items, decoded, Verifier())
         log_separation(thresholds, [first for first, *_ in decoded])
         if chains.chains == 1:
             result = with_global_threshold(thresholds, [a for (a,) in decoded], max_abstention)

@@ -1,8 +1,10 @@
 """Chains side by side, one answer chosen: the paper's way (representatives by TF-IDF + KMeans,
-the best by F_global; seed 004) or by consensus (the answer the other chains agree with most)."""
+the best by F_global; seed 004) or by consensus (the answer the other chains agree with most),
+among the chains that passed (and that the claim verifier supports, when asked and any is)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -65,33 +67,59 @@ def consensus_chain(texts: list[str]) -> int:
     return int(np.argmax(agreement))
 
 
+def chain_score(result: SequenceOutput[GuardReport]) -> float | None:
+    """F_global of a chain that passed (answered, with a global check); None for one that
+    failed."""
+    report = result.report
+    if report is None or report.outcome != "answered" or report.global_check is None:
+        return None
+    return report.global_check.f_global
+
+
+def chains_to_choose_from(
+    passed: Sequence[bool], supported: Sequence[bool | None] | None = None
+) -> list[int]:
+    """Indices of the chains an answer is chosen from: those that passed, narrowed to those
+    whose answer the claim verifier found supported when there is any such chain."""
+    indices = [i for i, ok in enumerate(passed) if ok]
+    if supported is None:
+        return indices
+    return [i for i in indices if supported[i]] or indices
+
+
 def best_chain(
     results: list[SequenceOutput[GuardReport]],
     n_clusters: int,
     seed: int,
     choice: ChainChoice = "paper",
+    supported: list[bool | None] | None = None,
 ) -> SequenceOutput[GuardReport]:
     """The answer from chains decoded side by side, with every chain's score in its report.
 
-    A chain passed when it was answered and has a global check; its score is F_global.
-    `choice` "paper": the best-scoring KMeans representative; "consensus": the passing chain
-    the other passing chains agree with most. The answer counts every chain's tokens.
+    Chains are chosen among `chains_to_choose_from` (the passing ones, those the verifier
+    `supported` when any); a chain's score is F_global. `choice` "paper": the best-scoring
+    KMeans representative; "consensus": the chain the others chosen from agree with most.
+    The answer counts every chain's tokens.
     """
-    scores = [
-        r.report.global_check.f_global
-        if r.report and r.report.outcome == "answered" and r.report.global_check
-        else None
-        for r in results
-    ]
+    scores = [chain_score(r) for r in results]
+    eligible = chains_to_choose_from([score is not None for score in scores], supported)
     texts = [r.text for r in results]
     if choice == "consensus":
-        passed = [i for i, score in enumerate(scores) if score is not None]
-        index = passed[consensus_chain([texts[i] for i in passed])] if passed else 0
+        index = eligible[consensus_chain([texts[i] for i in eligible])] if eligible else 0
     else:
-        index = choose_chain(texts, scores, n_clusters, seed)
+        index = choose_chain(
+            texts, [s if i in eligible else None for i, s in enumerate(scores)], n_clusters, seed
+        )
     chosen = results[index]
     report = None
     if chosen.report is not None:
-        report = chosen.report.model_copy(update={"chains": len(results), "chain_scores": scores})
+        report = chosen.report.model_copy(
+            update={
+                "chains": len(results),
+                "chain_scores": scores,
+                "chain_chosen": index,
+                "chain_supported": list(supported or []),
+            }
+        )
     tokens = sum(r.completion_tokens for r in results)
     return replace(chosen, completion_tokens=tokens, report=report)

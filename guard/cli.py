@@ -117,6 +117,13 @@ def add_guard_parser(commands: argparse._SubParsersAction) -> None:
         default=chain_defaults.sampling_temperature,
         help="Sampling temperature of the chains after the first (default: %(default)s).",
     )
+    cal.add_argument(
+        "--prefer-supported",
+        action=argparse.BooleanOptionalAction,
+        default=chain_defaults.prefer_supported,
+        help="Choose among the passing chains whose answer the claim verifier supports, when "
+        "any (default: %(default)s).",
+    )
     cal.set_defaults(handler=run_calibrate)
 
 
@@ -159,6 +166,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         chains=args.chains,
         chain_choice=args.chain_choice,
         sampling_temperature=args.sampling_temperature,
+        prefer_supported=args.prefer_supported,
     )
     calibration = run_calibration(
         model_dir, _guard_dir(args), args.lines, args.max_abstention, grid=grid, chains=chains

@@ -74,6 +74,12 @@ class GuardConfig(BaseModel):
         "'paper' (KMeans representatives, the best F_global) or 'consensus' (the answer the "
         "other passing chains agree with most, by TF-IDF cosine).",
     )
+    prefer_supported: bool = Field(
+        False,
+        description="With several chains: choose only among the passing chains whose whole "
+        "answer the claim verifier (embeddings included) finds supported by the "
+        "conversation's statements, when there are any.",
+    )
     score_temperature: float = Field(
         0.3, gt=0.0, le=5.0, description="Softmax temperature of candidate probabilities."
     )
@@ -173,6 +179,7 @@ class SegmentEvidence:
 
 
 EvidenceCheck = Callable[[str], SegmentEvidence]
+AnswerCheck = Callable[[str], bool]
 
 
 @dataclass(frozen=True)
@@ -182,8 +189,11 @@ class GuardRun:
     `stream`: the client reads text as it comes, so accepted segments are released at once
     instead of after the global check. `evidence`: the claim verifier's view of a segment's
     text against the conversation (E_k of Eq. 14, the claim to roll back); None means E_k = 1.
+    `answer_check`: whether the claim verifier finds a whole answer supported, for choosing
+    among chains (`prefer_supported`); None: chains are chosen without it.
     """
 
     config: GuardConfig
     stream: bool = False
     evidence: EvidenceCheck | None = None
+    answer_check: AnswerCheck | None = None

@@ -43,12 +43,14 @@ class GlobalReport(BaseModel):
 
 
 class StageTimings(BaseModel):
-    """Wall time spent per stage, in seconds."""
+    """Wall time spent per stage, in seconds; `check_s`: the claim verifier on the finished
+    chains' answers (`prefer_supported`)."""
 
     token_s: float = 0.0
     segment_s: float = 0.0
     refinement_s: float = 0.0
     global_s: float = 0.0
+    check_s: float = 0.0
 
 
 class GuardReport(BaseModel):
@@ -71,6 +73,12 @@ class GuardReport(BaseModel):
     chains: int = 1
     chain_scores: list[float | None] = Field(
         default_factory=list, description="F_global per sampled chain (None: chain failed)."
+    )
+    chain_chosen: int = Field(0, description="Index of the chain whose answer was returned.")
+    chain_supported: list[bool | None] = Field(
+        default_factory=list,
+        description="Per chain, whether the claim verifier found its whole answer supported "
+        "(None: not checked, as for a failed chain); empty when chains were not checked.",
     )
     low_confidence_tokens: int = 0
     claim_rollbacks: int = Field(

@@ -97,6 +97,11 @@ GUARD_STAGE_SECONDS = Histogram(
     ["stage"],
     buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 4, 8, 16, 32, 64),
 )
+GUARD_ANSWER_CHECKS = Counter(
+    "guardserve_guard_answer_checks_total",
+    "Finished chains whose answer the claim verifier checked, by verdict.",
+    ["verdict"],
+)
 GUARD_BUFFER_BYTES = Gauge(
     "guardserve_guard_buffer_bytes",
     "Bytes of hidden states held by running guarded sequences (open segments and chains).",
@@ -110,5 +115,8 @@ def observe_guard_report(report: GuardReport) -> None:
     for segment in report.segments:
         GUARD_SEGMENTS.labels(segment.status).inc()
     GUARD_OUTCOMES.labels(report.outcome, report.reason or "none").inc()
+    for supported in report.chain_supported:
+        if supported is not None:
+            GUARD_ANSWER_CHECKS.labels("supported" if supported else "unsupported").inc()
     for stage, seconds in report.timings.model_dump().items():
         GUARD_STAGE_SECONDS.labels(stage.removesuffix("_s")).observe(seconds)

@@ -209,10 +209,14 @@ class ChatService:
         config = prepared.guard
         if config is None or config.mode != "guard":
             return None
-        evidence = None
+        evidence = answer_check = None
         if config.use_evidence:
             evidence = functools.partial(self.checker.evidence, context=prepared.context)
-        return GuardRun(config, stream=prepared.request.stream, evidence=evidence)
+        if config.prefer_supported and config.chains > 1:
+            answer_check = functools.partial(self.checker.supported, context=prepared.context)
+        return GuardRun(
+            config, stream=prepared.request.stream, evidence=evidence, answer_check=answer_check
+        )
 
     def _generations(self, prepared: Prepared, rid: str) -> list[AsyncIterator[Output]]:
         engine = self._engine(prepared)

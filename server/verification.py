@@ -7,6 +7,7 @@ import threading
 from guard.config import SegmentEvidence
 from guard.report import GuardReport
 from server.protocol import ChatMessage
+from verify.claims import without_questions
 from verify.verifier import Verification, Verifier, VerifierConfig
 
 
@@ -18,9 +19,11 @@ def conversation_context(messages: list[ChatMessage]) -> str:
 class ClaimChecker:
     """Verifiers shared by the request handlers and the engine thread, one call at a time each.
 
-    Reports use the full verifier (embedding fallback included) in a worker thread. E_k is
-    computed inside the engine loop, where every millisecond stalls the whole batch, so it uses
-    the rule checks only (about 15 ms against about 300 ms per answer on this CPU).
+    Reports and the answer check use the full verifier (embedding fallback included) in a
+    worker thread, against the conversation's statements (its questions assert nothing). E_k
+    is computed inside the engine loop, where every millisecond stalls the whole batch, so it
+    uses the rule checks only (about 15 ms against about 300 ms per answer on this CPU), against
+    the whole conversation: a segment may name what the question asks about without a rollback.
     """
 
     def __init__(self) -> None:
@@ -34,9 +37,13 @@ class ClaimChecker:
         self.verify("Paris is in France.", "Paris is in France.")
 
     def verify(self, text: str, context: str) -> Verification:
-        """Verdicts on every claim of `text` against `context`."""
+        """Verdicts on every claim of `text` against the statements of `context`."""
         with self._lock:
-            return self._verifier.verify(text, context)
+            return self._verifier.verify(text, without_questions(context))
+
+    def supported(self, text: str, context: str) -> bool:
+        """Whether every claim of `text` is supported by the statements of `context`."""
+        return not self.verify(text, context).hallucinated
 
     def evidence(self, text: str, context: str) -> SegmentEvidence:
         """E_k (the share of the segment's claims the context supports) and the first claim

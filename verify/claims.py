@@ -439,6 +439,13 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
     return [(s.start_char, s.end_char) for s in _parse(text).sents] or [(0, len(text))]
 
 
+def without_questions(text: str) -> str:
+    """`text` less its questions (sentences ending in "?"): a question asserts nothing, so it
+    is no evidence for a claim that repeats it."""
+    kept = [text[start:end] for start, end in split_sentences(text)]
+    return " ".join(s for s in kept if not s.rstrip().endswith("?"))
+
+
 def extract_claims(text: str) -> list[Claim]:
     """Claims in `text`, sorted by offset and non-overlapping.
 

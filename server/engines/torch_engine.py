@@ -7,6 +7,7 @@ import logging
 import queue
 import random
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, replace
@@ -18,7 +19,7 @@ from engine.model_runner import ModelRunner
 from engine.outputs import SequenceOutput
 from engine.sampling import SamplingParams
 from engine.sequence import Sequence
-from guard.chains import best_chain
+from guard.chains import best_chain, chain_score
 from guard.config import GuardRun
 from guard.guarded_sequence import GuardedSequence
 from guard.probe import HallucinationProbe
@@ -88,7 +89,9 @@ class TorchEngine:
     async def _chains(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams, guard: GuardRun
     ) -> SequenceOutput[GuardReport]:
-        """Decode `chains` chains side by side (held to the end); the guard picks the answer."""
+        """Decode `chains` chains side by side (held to the end); the guard picks the answer,
+        after the claim verifier has checked the passing ones (in a worker thread, off the
+        engine loop) when the request prefers supported answers."""
         seed = params.seed if params.seed is not None else random.randrange(2**31)
         held = replace(guard, stream=False)
         runs = [
@@ -103,12 +106,22 @@ class TorchEngine:
             )
             for c in range(guard.config.chains)
         ]
-        return best_chain(
-            list(await asyncio.gather(*runs)),
-            guard.config.clusters,
-            seed,
-            guard.config.chain_choice,
+        results = list(await asyncio.gather(*runs))
+        if guard.answer_check is None or not guard.config.prefer_supported:
+            return best_chain(results, guard.config.clusters, seed, guard.config.chain_choice)
+        check = guard.answer_check
+        start = time.perf_counter()
+        supported = await asyncio.to_thread(
+            lambda: [check(r.text) if chain_score(r) is not None else None for r in results]
         )
+        checked_s = time.perf_counter() - start
+        chosen = best_chain(
+            results, guard.config.clusters, seed, guard.config.chain_choice, supported
+        )
+        if chosen.report is None:
+            return chosen
+        timings = chosen.report.timings.model_copy(update={"check_s": checked_s})
+        return replace(chosen, report=chosen.report.model_copy(update={"timings": timings}))
 
     async def _collect(self, seq: Sequence) -> SequenceOutput[GuardReport]:
         """Run a sequence to its end; its whole output as one (aborted if cancelled)."""

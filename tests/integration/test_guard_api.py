@@ -78,7 +78,7 @@ def check_report(report: dict[str, Any], chains: int = CALIBRATION.chains) -> No
     assert report["chains"] == chains
     assert isinstance(report["low_confidence_tokens"], int)
     assert report["low_confidence_tokens"] >= 0
-    assert set(report["timings"]) == {"token_s", "segment_s", "refinement_s", "global_s"}
+    assert set(report["timings"]) == {"token_s", "segment_s", "refinement_s", "global_s", "check_s"}
     assert all(value >= 0 for value in report["timings"].values())
     assert report["timings"]["token_s"] > 0
     assert report["segments"]
@@ -279,15 +279,34 @@ def test_streaming_guarded_truncation(torch_server: Server) -> None:
     assert report["segments"][0]["status"] == "discarded"
 
 
+def answer_checks(server: Server) -> float:
+    """Chains whose answers the server's claim verifier has checked so far."""
+    return sum(
+        value
+        for key, value in server.metrics().items()
+        if key.startswith("guardserve_guard_answer_checks_total{")
+    )
+
+
 def test_calibrated_chains_and_consensus(torch_server: Server) -> None:
     listed = torch_server.openai().models.list().data[0].model_extra["guard"]
     assert (listed["chains"], listed["chain_choice"]) == (
         CALIBRATION.chains,
         CALIBRATION.chain_choice,
     )
+    assert listed["prefer_supported"] == CALIBRATION.prefer_supported
+    before = answer_checks(torch_server)
     report = reports(ask(torch_server, guard={"enabled": True}, messages=GROUNDED))[0]
     check_report(report)
     assert len(report["chain_scores"]) == CALIBRATION.chains
+    assert report["chain_scores"][report["chain_chosen"]] is not None
+    if CALIBRATION.prefer_supported:
+        # Every passing chain was checked; a supported one is returned when there is one.
+        checked = report["chain_supported"]
+        assert [s is None for s in checked] == [s is None for s in report["chain_scores"]]
+        assert checked[report["chain_chosen"]] or True not in checked
+        assert report["timings"]["check_s"] > 0
+        assert answer_checks(torch_server) - before == sum(s is not None for s in checked)
     # Chains that cannot sample all decode the greedy answer, which consensus then returns.
     alike = {"enabled": True, "chain_choice": "consensus", "sampling_temperature": 0.0}
     single = ask(torch_server, guard={**alike, "chains": 1}, messages=GROUNDED)

@@ -127,6 +127,7 @@ def test_calibration_records_choice_and_round_trips(tmp_path: Path) -> None:
         "chains": 1,
         "chain_choice": "paper",
         "sampling_temperature": defaults.sampling_temperature,
+        "prefer_supported": False,
     }
     GuardConfig.model_validate(calibration.guard_options())  # valid guard overrides
     path = tmp_path / "calib" / "guard.json"
@@ -134,15 +135,19 @@ def test_calibration_records_choice_and_round_trips(tmp_path: Path) -> None:
     assert GuardCalibration.load(path) == calibration
     best = calibrate(results, max_abstention=0.25, first_line=1, last_line=4)
     assert (best.tau_global, best.achieved.coverage) == (0.4, 1.0)
-    chains = ChainSetting(chains=4, chain_choice="consensus", sampling_temperature=0.7)
+    chains = ChainSetting(
+        chains=4, chain_choice="consensus", sampling_temperature=0.7, prefer_supported=True
+    )
     with_chains = calibrate(results, 0.25, first_line=1, last_line=4, chains=chains)
     options = with_chains.guard_options()
-    assert (options["chains"], options["chain_choice"], options["sampling_temperature"]) == (
-        4,
-        "consensus",
-        0.7,
-    )
-    assert GuardConfig.model_validate(options).chain_choice == "consensus"
+    assert (
+        options["chains"],
+        options["chain_choice"],
+        options["sampling_temperature"],
+        options["prefer_supported"],
+    ) == (4, "consensus", 0.7, True)
+    config = GuardConfig.model_validate(options)
+    assert (config.chain_choice, config.prefer_supported) == ("consensus", True)
 
 
 def test_best_threshold_replays_answers_that_change_with_the_threshold() -> None:

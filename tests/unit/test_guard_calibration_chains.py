@@ -11,11 +11,13 @@ from guard.report import GlobalReport, GuardReport
 CONSENSUS = ChainSetting(chains=3, chain_choice="consensus", sampling_temperature=0.7)
 
 
-def answer(line: int, text: str, f_global: float, correct: bool) -> GuardedAnswer:
+def answer(
+    line: int, text: str, f_global: float, correct: bool, supported: bool | None = None
+) -> GuardedAnswer:
     check = GlobalReport(
         f_fact=f_global, f_logic=1.0, f_global=f_global, iterations=0, tau_low=0, tau_high=0
     )
-    return GuardedAnswer(line, text, GuardReport(global_check=check), correct)
+    return GuardedAnswer(line, text, GuardReport(global_check=check), correct, supported)
 
 
 def test_chosen_answer_is_the_consensus_of_the_chains_passing_the_threshold() -> None:
@@ -50,3 +52,16 @@ def test_chain_threshold_spends_the_budget_on_the_least_confident_items() -> Non
     keep_all = with_chain_threshold({}, items, 0.0, CONSENSUS, clusters=3)
     assert keep_all.thresholds["tau_global"] == pytest.approx(0.0)
     assert all(keep_all.answered)
+
+
+def test_chosen_answer_prefers_supported_chains_when_the_setting_asks() -> None:
+    chains = [
+        answer(1, "Paris is the capital.", 0.9, True, supported=False),
+        answer(1, "The capital is Paris.", 0.8, True, supported=False),
+        answer(1, "Lyon is the capital.", 0.5, False, supported=True),
+    ]
+    prefer = CONSENSUS.model_copy(update={"prefer_supported": True})
+    assert chosen_answer(chains, 0.0, CONSENSUS, clusters=3).correct
+    assert chosen_answer(chains, 0.0, prefer, clusters=3).text == "Lyon is the capital."
+    # Lyon fails the threshold: the passing chains are chosen from as if none were checked.
+    assert chosen_answer(chains, 0.6, prefer, clusters=3).correct

@@ -1,7 +1,13 @@
 """Chain selection: representatives by TF-IDF + KMeans, or the consensus answer."""
 
 from engine.outputs import SequenceOutput
-from guard.chains import best_chain, choose_chain, consensus_chain, representative_chains
+from guard.chains import (
+    best_chain,
+    chains_to_choose_from,
+    choose_chain,
+    consensus_chain,
+    representative_chains,
+)
 from guard.report import GlobalReport, GuardReport
 
 TOPICS = [
@@ -100,3 +106,32 @@ def test_best_chain_by_consensus_ignores_refused_chains_and_counts_all_tokens() 
     assert best_chain(results, n_clusters=3, seed=0).text == "Lyon is the capital."  # paper
     refused = [_chain("no", None), _chain("nope", None)]
     assert best_chain(refused, 3, 0, "consensus").text == "no"
+
+
+def test_chains_to_choose_from_narrows_to_supported_ones_when_any() -> None:
+    passed = [True, True, False, True]
+    assert chains_to_choose_from(passed) == [0, 1, 3]
+    assert chains_to_choose_from(passed, [False, True, None, True]) == [1, 3]
+    assert chains_to_choose_from(passed, [False, False, None, False]) == [0, 1, 3]
+    assert chains_to_choose_from(passed, [False, False, True, False]) == [0, 1, 3]  # failed
+    assert chains_to_choose_from([False, False], [None, None]) == []
+
+
+def test_best_chain_prefers_the_chains_the_verifier_supports() -> None:
+    results = [
+        _chain("Paris is the capital.", 0.9),
+        _chain("The capital is Paris.", 0.8),
+        _chain("Lyon is the capital.", 0.5),
+        _chain("I cannot answer that reliably.", None),
+    ]
+    supported: list[bool | None] = [False, False, True, None]
+    for choice in ("consensus", "paper"):
+        chosen = best_chain(results, 3, 0, choice, supported)  # type: ignore[arg-type]
+        assert chosen.text == "Lyon is the capital."
+        assert chosen.report is not None and chosen.report.chain_supported == supported
+        assert chosen.report.chain_chosen == 2
+    unchecked = best_chain(results, 3, 0, "consensus")
+    assert unchecked.text in ("Paris is the capital.", "The capital is Paris.")
+    assert unchecked.report is not None and unchecked.report.chain_supported == []
+    none_supported = best_chain(results, 3, 0, "consensus", [False, False, False, None])
+    assert none_supported.text == unchecked.text
