@@ -299,7 +299,8 @@ def test_calibrated_chains_and_consensus(torch_server: Server) -> None:
     report = reports(ask(torch_server, guard={"enabled": True}, messages=GROUNDED))[0]
     check_report(report)
     assert len(report["chain_scores"]) == CALIBRATION.chains
-    assert report["chain_scores"][report["chain_chosen"]] is not None
+    if report["outcome"] == "answered":  # a passing chain answered (else no chain passed)
+        assert report["chain_scores"][report["chain_chosen"]] is not None
     if CALIBRATION.prefer_supported:
         # Every passing chain was checked; a supported one is returned when there is one.
         checked = report["chain_supported"]
