@@ -34,7 +34,7 @@ from guard.calibration import (
     calibrate,
     threshold_for_budget,
 )
-from guard.chains import chains_to_choose_from, choose_chain, consensus_chain
+from guard.chains import pick_chain
 from guard.config import GuardConfig, SegmentEvidence
 from guard.guarded_sequence import GuardedSequence
 from guard.probe import HallucinationProbe
@@ -176,19 +176,14 @@ def chosen_answer(
     chains: list[GuardedAnswer], tau: float, setting: ChainSetting, clusters: int
 ) -> GuardedAnswer | None:
     """The answer the server gives from these chains at `tau_global` (None: it abstains)."""
-    passed = [
-        chains[i]
-        for i in chains_to_choose_from(
-            [a.answered and a.confidence >= tau for a in chains],
-            [a.supported for a in chains] if setting.prefer_supported else None,
-        )
-    ]
-    if not passed:
-        return None
-    texts = [a.text for a in passed]
-    if setting.chain_choice == "consensus":
-        return passed[consensus_chain(texts)]
-    return passed[choose_chain(texts, [a.confidence for a in passed], clusters)]
+    index = pick_chain(
+        [a.text for a in chains],
+        [a.confidence if a.answered and a.confidence >= tau else None for a in chains],
+        setting.chain_choice,
+        clusters,
+        supported=[a.supported for a in chains] if setting.prefer_supported else None,
+    )
+    return None if index is None else chains[index]
 
 
 def with_chain_threshold(

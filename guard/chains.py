@@ -87,6 +87,26 @@ def chains_to_choose_from(
     return [i for i in indices if supported[i]] or indices
 
 
+def pick_chain(
+    texts: list[str],
+    scores: list[float | None],
+    choice: ChainChoice,
+    n_clusters: int,
+    seed: int = 0,
+    supported: Sequence[bool | None] | None = None,
+) -> int | None:
+    """Index of the answering chain among those `chains_to_choose_from` (a score of None: the
+    chain failed); None when no chain passed. `choice` "paper": the best-scoring KMeans
+    representative; "consensus": the chain the others chosen from agree with most."""
+    eligible = chains_to_choose_from([score is not None for score in scores], supported)
+    if not eligible:
+        return None
+    if choice == "consensus":
+        return eligible[consensus_chain([texts[i] for i in eligible])]
+    kept = [score if i in eligible else None for i, score in enumerate(scores)]
+    return choose_chain(texts, kept, n_clusters, seed)
+
+
 def best_chain(
     results: list[SequenceOutput[GuardReport]],
     n_clusters: int,
@@ -94,22 +114,12 @@ def best_chain(
     choice: ChainChoice = "paper",
     supported: list[bool | None] | None = None,
 ) -> SequenceOutput[GuardReport]:
-    """The answer from chains decoded side by side, with every chain's score in its report.
-
-    Chains are chosen among `chains_to_choose_from` (the passing ones, those the verifier
-    `supported` when any); a chain's score is F_global. `choice` "paper": the best-scoring
-    KMeans representative; "consensus": the chain the others chosen from agree with most.
-    The answer counts every chain's tokens.
+    """The answer from chains decoded side by side (`pick_chain` over their F_global, chain 0
+    when none passed), with every chain's score in its report; it counts every chain's tokens.
     """
     scores = [chain_score(r) for r in results]
-    eligible = chains_to_choose_from([score is not None for score in scores], supported)
-    texts = [r.text for r in results]
-    if choice == "consensus":
-        index = eligible[consensus_chain([texts[i] for i in eligible])] if eligible else 0
-    else:
-        index = choose_chain(
-            texts, [s if i in eligible else None for i, s in enumerate(scores)], n_clusters, seed
-        )
+    index = pick_chain([r.text for r in results], scores, choice, n_clusters, seed, supported)
+    index = 0 if index is None else index
     chosen = results[index]
     report = None
     if chosen.report is not None:
