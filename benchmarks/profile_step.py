@@ -4,7 +4,8 @@ Short by design (seconds): loads the default model, prefills B short prompts, th
 `tree_step` + `commit` + `logits` + batched sampling, best of `--repeats`, and with `--profile`
 prints torch.profiler's top operators for one step. `--prefill` also times one prefill of B
 prompts of the serving benchmark's lengths; `--prepack both` times every cell with plain and
-with prepacked weights, alternated in one process (the machine's slow spells fall on both).
+with prepacked weights, `--attention both` with SDPA and with grouped-matmul attention,
+alternated in one process (the machine's slow spells fall on both).
 
     python -m benchmarks.profile_step --batch 1 8 32 [--candidates 1 4] [--eager-hf] [--profile]
 """
@@ -14,11 +15,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from benchmarks.prompts import PROMPTS
+from engine.llama import LlamaForward
 from engine.model_runner import ModelRunner
 from engine.model_store import resolve_model
 from engine.sampling import SamplingParams, sample_batch
@@ -91,6 +94,12 @@ def main() -> None:
         default="auto",
         help="both: every cell with plain and prepacked weights, alternated (bf16, compact).",
     )
+    parser.add_argument(
+        "--attention",
+        choices=["auto", "both"],
+        default="auto",
+        help="both: every cell with SDPA and with grouped-matmul attention, alternated (compact).",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -106,20 +115,29 @@ def main() -> None:
     )
     print(f"load (and warm-up): {time.perf_counter() - started:.1f}s, forward: {runner.backend}")
     lengths = prompt_lengths(AutoTokenizer.from_pretrained(str(resolve_model(None))))
-    variants = {"weights as loaded": None}
+    # Each variant: a setting of the compact forward (None: as loaded).
+    variants: dict[str, Callable[[LlamaForward], None] | None] = {"as loaded": None}
+    if "both" in (args.prepack, args.attention) and runner.native is None:
+        raise SystemExit("--prepack/--attention both need the compact forward")
     if args.prepack == "both":
-        if runner.native is None:
-            raise SystemExit("--prepack both needs the compact forward")
-        variants = {"plain weights": False, "prepacked": True}
+        variants = {
+            "plain weights": lambda native: native.set_prepacked(False),
+            "prepacked": lambda native: native.set_prepacked(True),
+        }
+    elif args.attention == "both":
+        variants = {
+            "sdpa": lambda native: setattr(native, "grouped_attention", False),
+            "grouped": lambda native: setattr(native, "grouped_attention", True),
+        }
     for batch in args.batch:
         cells = [("prefill", 0)] if args.prefill else []
         cells += [("step", width) for width in args.candidates]
         for kind, width in cells:
             timings: dict[str, list[float]] = {name: [] for name in variants}
             for _ in range(args.repeats):
-                for name, prepacked in variants.items():
-                    if prepacked is not None:
-                        runner.native.set_prepacked(prepacked)
+                for name, setting in variants.items():
+                    if setting is not None and runner.native is not None:
+                        setting(runner.native)
                     if kind == "prefill":
                         timings[name].append(time_prefill(runner, batch, lengths))
                     else:

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from engine.attention import attention, prefers_grouped
 from engine.kv_cache import SlotKVCache
 
 SUPPORTED_ARCHITECTURES = frozenset({"LlamaForCausalLM", "Qwen2ForCausalLM"})
@@ -152,7 +153,8 @@ class LlamaForward:
     that the model's own linears then view, so no plain weight is held twice; rotary tables are
     precomputed by the model's own rotary module, so rope_theta and rope scaling are the
     config's. `forward` writes the new K/V through the slot cache's planned positions and
-    attends under a boolean mask [B, Q, L] sliced to the batch's live key length L; `head`
+    attends under a boolean mask [B, Q, L] sliced to the batch's live key length L (SDPA, or
+    grouped matmuls for narrow forwards in half precision on a CPU: `grouped_attention`); `head`
     projects final states to logits. `prepack` (default: where `can_prepack`) also holds every
     projection prepacked for oneDNN; whoever writes the model's weights then calls `repack()`.
     """
@@ -178,6 +180,8 @@ class LlamaForward:
         self.layers = [self._fuse(layer, prepack) for layer in base.layers]
         self.head = Projection(model.lm_head.weight.detach(), None, prepack)
         device, dtype = self.embed.device, self.embed.dtype
+        # Narrow forwards attend with grouped matmuls where SDPA is slow (engine.attention).
+        self.grouped_attention = prefers_grouped(dtype, device)
         positions = torch.arange(max_positions, device=device)[None]
         with torch.inference_mode():
             cos, sin = base.rotary_emb(torch.zeros(1, dtype=dtype, device=device), positions)
@@ -251,13 +255,7 @@ class LlamaForward:
             k = _rotate(k.view(batch, width, self.kv_heads, self.head_dim), cos, sin)
             v = v.view(batch, width, self.kv_heads, self.head_dim)
             keys, values = cache.update(k.transpose(1, 2), v.transpose(1, 2), index)
-            attn = F.scaled_dot_product_attention(
-                q.transpose(1, 2),
-                keys,
-                values,
-                attn_mask=attn_mask,
-                enable_gqa=self.kv_heads != self.heads,
-            )
+            attn = attention(q.transpose(1, 2), keys, values, attn_mask, self.grouped_attention)
             x = x + layer.out(rows.pack(attn.transpose(1, 2).reshape(batch * width, q_size)))
             h = _rms_norm(x, layer.mlp_norm, self.eps)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
