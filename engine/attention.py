@@ -13,12 +13,13 @@ GROUPED_MAX_WIDTH = 32
 
 
 def prefers_grouped(dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether narrow forwards should use `grouped_attention`: half precision on a CPU.
+    """Whether narrow forwards should use `grouped_attention`: bfloat16 on a CPU.
 
-    PyTorch's CPU flash kernel is 4-13x slower in bfloat16 than two batched matmuls for one new
-    token a row over 8-32 rows (README); in float32 it is about as fast, and stays.
+    PyTorch's CPU flash kernel took 4-13x as long in bfloat16 as two batched matmuls for one new
+    token a row over 8-32 rows (on an AVX512-BF16 CPU without AMX; README); in float32 it is
+    about as fast, and stays.
     """
-    return device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
+    return device.type == "cpu" and dtype == torch.bfloat16
 
 
 def grouped_attention(

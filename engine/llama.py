@@ -154,7 +154,7 @@ class LlamaForward:
     precomputed by the model's own rotary module, so rope_theta and rope scaling are the
     config's. `forward` writes the new K/V through the slot cache's planned positions and
     attends under a boolean mask [B, Q, L] sliced to the batch's live key length L (SDPA, or
-    grouped matmuls for narrow forwards in half precision on a CPU: `grouped_attention`); `head`
+    grouped matmuls for narrow bfloat16 forwards on a CPU: `grouped_attention`); `head`
     projects final states to logits. `prepack` (default: where `can_prepack`) also holds every
     projection prepacked for oneDNN; whoever writes the model's weights then calls `repack()`.
     """

@@ -45,6 +45,12 @@ BATCH_SIZE = Histogram(
     ["engine"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
+STEP_SECONDS = Histogram(
+    "guardserve_engine_step_seconds",
+    "Wall time of one step of the torch runner (prompt chunks and one batched forward).",
+    ["engine"],
+    buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5),
+)
 
 
 class CudaMemoryCollector(Collector):

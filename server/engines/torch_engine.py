@@ -202,11 +202,13 @@ class TorchEngine:
         self.core.add(message.seq)
 
     def _step(self) -> None:
+        start = time.perf_counter()
         try:
             result = self.core.step()
         except Exception:  # the loop must survive anything a step throws
             logger.exception("engine step failed")
             return
+        metrics.STEP_SECONDS.labels(self.label).observe(time.perf_counter() - start)
         if result.batch_size:
             metrics.BATCH_SIZE.labels(self.label).observe(result.batch_size)
         self._publish_load()

@@ -22,6 +22,7 @@ REQUIRED = {
     "guardserve_requests_running": "gauge",
     "guardserve_requests_waiting": "gauge",
     "guardserve_batch_size": "histogram",
+    "guardserve_engine_step_seconds": "histogram",
     "process_resident_memory_bytes": "gauge",
 }
 
@@ -81,6 +82,9 @@ def test_metrics_follow_plain_requests(server: Server) -> None:
     assert after["process_resident_memory_bytes{}"] > 50 * 2**20
     if server.engine == "torch":
         assert grew("guardserve_batch_size_count", 'engine="torch') > 0
+        steps = grew("guardserve_engine_step_seconds_count", 'engine="torch')
+        assert steps >= grew("guardserve_batch_size_count", 'engine="torch')
+        assert 0 < grew("guardserve_engine_step_seconds_sum", 'engine="torch') < latency
     else:
         assert any(name.startswith("vllm:") for name in names(after))
         # Autoscalers read these for every engine, vLLM's plain traffic included.
