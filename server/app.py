@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import torch
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -33,6 +34,7 @@ from server.errors import (
 from server.limits import BodySizeLimit
 from server.protocol import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList
 from server.serving import ChatService
+from server.threads import helper_executor
 from server.verification import ClaimChecker
 
 logger = logging.getLogger(__name__)
@@ -69,7 +71,10 @@ def _default_name(model: str | None) -> str:
 
 
 async def _load(state: ServerState, builder: EngineBuilder) -> None:
-    config = state.config
+    # The runners' intra-op threads, read before any helper thread makes torch's default one.
+    threads = state.config.torch_threads or torch.get_num_threads()
+    state.config = config = state.config.model_copy(update={"torch_threads": threads})
+    asyncio.get_running_loop().set_default_executor(helper_executor())
     try:
         state.model_path = await asyncio.to_thread(resolve_model, config.model, config.cache_dir)
         state.engines = await asyncio.to_thread(builder, state.model_path, config, state.names[0])

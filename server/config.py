@@ -37,6 +37,13 @@ class ServerConfig(BaseModel):
         "prefill): lower keeps running streams moving while long prompts arrive, higher "
         "gives a burst of new requests their first token sooner.",
     )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Intra-op threads of each torch runner; default: torch's (the CPU count). "
+        "Other threads run their torch work on one thread.",
+    )
     max_queue: int = Field(
         256, ge=0, description="Sequences allowed to wait beyond max_num_seqs before 429."
     )

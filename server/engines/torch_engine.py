@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from engine.llm_engine import LLMEngine
@@ -54,8 +55,11 @@ class TorchEngine:
         label: str | None = None,
         probe: HallucinationProbe | None = None,
         max_prefill_tokens: int = 2048,
+        threads: int | None = None,
     ) -> None:
+        """`threads`: intra-op threads of the worker thread's torch ops (None: torch's default)."""
         self.runner = runner
+        self.threads = threads
         self.tokenizer = tokenizer
         self.eos_token_ids = runner.eos_token_ids(tokenizer)
         self.core = LLMEngine(runner, max_prefill_tokens)
@@ -178,6 +182,8 @@ class TorchEngine:
         return Sequence(*args, self.runner.max_model_len)
 
     def _loop(self) -> None:
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
         while True:
             block = not self.core.has_work()
             try:
