@@ -37,8 +37,8 @@ class Projection:
 
     oneDNN's bfloat16 product reorders a plain weight into its blocked layout on every call;
     prepacking does that once, which makes the same products (bit for bit) 1.3-2x faster on an
-    AMX CPU (README) for a second copy of the weight. The plain weight stays the source of
-    truth: after changing it in place, call `repack()`.
+    AMX CPU (docs/serving-history.md) for a second copy of the weight. The plain weight stays
+    the source of truth: after changing it in place, call `repack()`.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, prepack: bool) -> None:
