@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import torch
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -71,9 +70,7 @@ def _default_name(model: str | None) -> str:
 
 
 async def _load(state: ServerState, builder: EngineBuilder) -> None:
-    # The runners' intra-op threads, read before any helper thread makes torch's default one.
-    threads = state.config.torch_threads or torch.get_num_threads()
-    state.config = config = state.config.model_copy(update={"torch_threads": threads})
+    config = state.config
     asyncio.get_running_loop().set_default_executor(helper_executor())
     try:
         state.model_path = await asyncio.to_thread(resolve_model, config.model, config.cache_dir)

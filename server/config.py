@@ -42,7 +42,7 @@ class ServerConfig(BaseModel):
         ge=1,
         le=1024,
         description="Intra-op threads of each torch runner; default: torch's (the CPU count). "
-        "Other threads run their torch work on one thread.",
+        "The server's other threads run their torch work on one thread.",
     )
     max_queue: int = Field(
         256, ge=0, description="Sequences allowed to wait beyond max_num_seqs before 429."

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 
-import torch
 from transformers import PreTrainedTokenizerBase
 
 from engine.llm_engine import LLMEngine
@@ -27,6 +26,7 @@ from guard.probe import HallucinationProbe
 from guard.report import GuardReport
 from server import metrics
 from server.engines.base import EngineError
+from server.threads import limit_threads
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ class TorchEngine:
         max_prefill_tokens: int = 2048,
         threads: int | None = None,
     ) -> None:
-        """`threads`: intra-op threads of the worker thread's torch ops (None: torch's default)."""
+        """`threads`: intra-op threads of the worker thread's torch ops (None: torch's default,
+        the CPU count)."""
         self.runner = runner
         self.threads = threads
         self.tokenizer = tokenizer
@@ -183,7 +184,7 @@ class TorchEngine:
 
     def _loop(self) -> None:
         if self.threads is not None:
-            torch.set_num_threads(self.threads)
+            limit_threads(self.threads)
         while True:
             block = not self.core.has_work()
             try:
