@@ -195,3 +195,19 @@ def add_response_terms(
     whole group moves nothing)."""
     centred = (terms - terms.mean()).to(advantages.dtype)
     return advantages + centred[:, None] * mask.to(advantages.dtype)
+
+
+def hold_hallucination_penalty(
+    with_terms: torch.Tensor, token_advantages: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """``with_terms`` ``[G, T]`` with each hallucinated token's advantage kept at or below its
+    token-level one (``token_advantages``): response terms may lower it but never raise it.
+
+    With the gold and content rewards added to every token, an unsupported claim inside an
+    answer that earns them is charged ``-1 + bonus``, close to nothing; held, it pays its -1
+    whatever the answer around it earns.
+    """
+    _checked_labels(labels, None)
+    return torch.where(
+        labels == HALLUCINATED, torch.minimum(with_terms, token_advantages), with_terms
+    )

@@ -45,6 +45,8 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     _flag(train, "content_reward", type=float)
     _flag(train, "content_claims", type=int)
     _flag(train, "gold_reward", type=float)
+    _flag(train, "token_weight", type=float)
+    _flag(train, "hold_hallucinated", action="store_true")
     _flag(train, "normalizer", choices=["auto", "factual", "tokens"])
     _flag(train, "clip_low", type=float)
     _flag(train, "clip_high", type=float)

@@ -88,6 +88,17 @@ class TrainConfig(BaseModel):
         description="Added to every token of a response that contains its training line's "
         "gold answer, against its group's mean (pays for the answer; 0: off).",
     )
+    token_weight: float = Field(
+        1.0,
+        gt=0.0,
+        description="Scale of the token-level advantages (BALTO, PA) against the response "
+        "terms (content, gold, length).",
+    )
+    hold_hallucinated: bool = Field(
+        False,
+        description="Response terms may lower a hallucinated token's advantage but never "
+        "raise it: an answer's rewards do not pay for its unsupported claims (BALTO, PA).",
+    )
     normalizer: Literal["auto", "factual", "tokens"] = Field(
         "auto", description="Loss normaliser Z; auto: factual tokens for BALTO/PA, else tokens."
     )
@@ -138,6 +149,12 @@ class TrainConfig(BaseModel):
             raise ValueError("init_adapter continues a LoRA adapter; it does not apply with full")
         if self.length_buffer >= self.max_new_tokens:
             raise ValueError("length_buffer must be below max_new_tokens")
+        token_options = self.token_weight != 1.0 or self.hold_hallucinated
+        if token_options and self.advantage not in _FACTUAL_METHODS:
+            raise ValueError(
+                "token_weight and hold_hallucinated apply to the token-level schemes "
+                "(balto, pa0, pa0.3, pa1)"
+            )
         if self.mini_batch_prompts is not None and self.prompts_per_step % self.mini_batch_prompts:
             raise ValueError("prompts_per_step must be a multiple of mini_batch_prompts")
         return self

@@ -31,6 +31,7 @@ from balto.advantages import (
     content_rewards,
     gold_rewards,
     grpo_density_rewards,
+    hold_hallucination_penalty,
     length_charges,
 )
 from balto.config import TrainConfig
@@ -344,30 +345,34 @@ class BaltoTrainer:
         rewards = rewards + gold_rewards(found_gold, config.gold_reward)
         return rewards - charges
 
+    def group_advantages(self, group: RolloutGroup, tensors: GroupTensors) -> torch.Tensor:
+        """Token advantages ``[G, T]`` of one group: the scheme's (times ``token_weight``) plus
+        the response terms, hallucinated tokens held at their own charge with
+        ``hold_hallucinated``."""
+        config, t = self.config, tensors
+        advantages = config.token_weight * compute_advantages(
+            config.advantage, t.labels, t.mask, t.n_supported, t.n_claims
+        )
+        if not (config.truncation_penalty or config.content_reward or config.gold_reward):
+            return advantages
+        truncated = torch.tensor([r.finish_reason == "length" for r in group.responses])
+        terms = self._response_terms(group, truncated, t.n_supported, contains_gold(group))
+        with_terms = add_response_terms(advantages, t.mask, terms)
+        if config.hold_hallucinated:
+            return hold_hallucination_penalty(with_terms, advantages, t.labels)
+        return with_terms
+
     def step(self) -> StepLog:
         """One training step; appends its log line to ``log_path`` when one is set."""
-        config = self.config
         start = time.perf_counter()
         prompts = self.next_prompts()
         self.used_keys.extend(p.key for p in prompts)
         groups, rollout_seconds, label_seconds = self.rollouts(prompts)
         tensors = [group_tensors(g, self.pad_id) for g in groups]
         advantages = [
-            compute_advantages(config.advantage, t.labels, t.mask, t.n_supported, t.n_claims)
-            for t in tensors
+            self.group_advantages(g, t).to(self.runner.device)
+            for g, t in zip(groups, tensors, strict=True)
         ]
-        truncated = [
-            torch.tensor([r.finish_reason == "length" for r in g.responses]) for g in groups
-        ]
-        found_gold = [contains_gold(g) for g in groups]
-        if config.truncation_penalty or config.content_reward or config.gold_reward:
-            advantages = [
-                add_response_terms(a, t.mask, self._response_terms(g, cut, t.n_supported, gold))
-                for a, t, g, cut, gold in zip(
-                    advantages, tensors, groups, truncated, found_gold, strict=True
-                )
-            ]
-        advantages = [a.to(self.runner.device) for a in advantages]
         old, kl = self._old_logprobs_and_kl(prompts, tensors)
         losses, norms, clip_fractions = self._optimize(prompts, tensors, advantages, old)
 
@@ -388,8 +393,8 @@ class BaltoTrainer:
             seconds=time.perf_counter() - start,
             updates=len(norms),
             response_tokens=n_tokens / len(responses),
-            truncated=float(torch.cat(truncated).float().mean()),
-            gold=float(torch.cat(found_gold).float().mean()),
+            truncated=sum(r.finish_reason == "length" for r in responses) / len(responses),
+            gold=float(torch.cat([contains_gold(g) for g in groups]).float().mean()),
             retokenized=sum(r.retokenized for r in responses) / len(responses),
             rollout_seconds=rollout_seconds,
             label_seconds=label_seconds,

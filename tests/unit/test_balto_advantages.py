@@ -18,6 +18,7 @@ from balto.advantages import (
     group_normalized,
     grpo_binary_rewards,
     grpo_density_rewards,
+    hold_hallucination_penalty,
     length_charges,
 )
 
@@ -187,3 +188,15 @@ def test_response_terms_are_centred_on_the_group_and_cover_every_token() -> None
     moved = add_response_terms(advantages, mask, torch.tensor([-0.5, 0.0]))
     assert torch.equal(moved, torch.tensor([[0.75, -1.25, -0.25], [0.75, 0.75, 0.0]]))
     assert torch.equal(add_response_terms(advantages, mask, torch.tensor([0.3, 0.3])), advantages)
+
+
+def test_held_hallucinated_tokens_never_gain_from_response_terms() -> None:
+    labels = torch.tensor([[-1, 1, 0], [-1, 1, 1]])
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    token = balanced_advantages(labels, mask)
+    with_terms = add_response_terms(token, mask, torch.tensor([1.0, -1.0]))
+    held = hold_hallucination_penalty(with_terms, token, labels)
+    # the rewarded response's hallucinated token keeps its -1, the charged one's pays -2
+    close(held, [[-1.0, 2.0, 1.0], [-2.0, -0.5, -0.5]])
+    with pytest.raises(ValueError):
+        hold_hallucination_penalty(with_terms, token, labels.float())

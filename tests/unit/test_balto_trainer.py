@@ -221,6 +221,35 @@ def test_gold_reward_pays_the_responses_that_contain_the_training_answer(tmp_pat
     assert 0.0 <= log.gold <= 1.0
 
 
+def test_token_weight_and_held_hallucinations_shape_group_advantages(tmp_path: Path) -> None:
+    prompt = Prompt(ids=[5, 17], context="w5 w17", key="9", answer="W17")
+    answers = Rollout("w17 w60", [5, 6], [1, -1], 1, 2, "stop", False)  # gold + 1 unsupported
+    misses = Rollout("w5 w60", [7, 8], [1, -1], 1, 2, "stop", False)
+    group = RolloutGroup(prompt, [answers, misses])
+    tensors = group_tensors(group)
+
+    def advantages(**overrides: object) -> list[list[float]]:
+        config = tiny_config(tmp_path, gold_reward=1.0, **overrides)
+        trainer = BaltoTrainer(
+            config, build_tiny_llama(), build_tiny_tokenizer(), PROMPTS, WordLabeller()
+        )
+        return trainer.group_advantages(group, tensors).tolist()
+
+    # BALTO: -1 / +1 on each response, gold reward +-0.5 against the group's mean
+    assert advantages() == [[1.5, -0.5], [0.5, -1.5]]
+    assert advantages(token_weight=2.0) == [[2.5, -1.5], [1.5, -2.5]]
+    # held: the answer's reward no longer pays for its unsupported claim
+    assert advantages(hold_hallucinated=True) == [[1.5, -1.0], [0.5, -1.5]]
+    with pytest.raises(ValidationError):
+        TrainConfig(advantage="grpo_d", hold_hallucinated=True)
+    with pytest.raises(ValidationError):
+        TrainConfig(advantage="grpo_d", token_weight=2.0)
+    args = build_parser().parse_args(
+        ["balto", "train", "--hold-hallucinated", "--token-weight", "2"]
+    )
+    assert (train_config(args).hold_hallucinated, train_config(args).token_weight) == (True, 2.0)
+
+
 def test_full_fine_tuning_step_updates_base_weights(tmp_path: Path) -> None:
     model = build_tiny_llama()
     before = model.model.layers[0].self_attn.q_proj.weight.clone()
