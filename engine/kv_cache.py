@@ -114,6 +114,17 @@ class SlotKVCache(Cache):
         rows = self._consecutive if self._consecutive is not None else self._rows
         return keys[rows, :, : self._kv_len], values[rows, :, : self._kv_len]
 
+    def copy_prefix(self, source: int, targets: list[int], length: int) -> None:
+        """Give each target slot the source slot's first `length` positions (a shared prompt)."""
+        if length > self.lengths[source]:
+            raise ValueError(f"slot {source} holds {self.lengths[source]} positions, not {length}")
+        self.reserve(length)
+        rows = torch.tensor(targets, device=self.keys[0].device)
+        for buffer in self.keys + self.values:
+            buffer[rows, :, :length] = buffer[source, :, :length]
+        for target in targets:
+            self.lengths[target] = length
+
     def move(self, slots: torch.Tensor, sources: torch.Tensor, targets: torch.Tensor) -> None:
         """Copy each slot's K/V at position `sources[i]` to position `targets[i]` in every layer."""
         for buffer in self.keys + self.values:

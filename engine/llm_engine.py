@@ -22,11 +22,15 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class StepResult:
-    """Outputs of one engine step, per request id, and the size of the batched forward."""
+    """Outputs of one engine step, per request id, the size of the batched forward, and the
+    prompt tokens this step put into the cache by a forward (`prefilled`) or by copying another
+    slot's prompt (`shared`)."""
 
     outputs: dict[str, SequenceOutput[Any]]
     failed: dict[str, str]
     batch_size: int
+    prefilled: int = 0
+    shared: int = 0
 
 
 class LLMEngine:
@@ -38,6 +42,8 @@ class LLMEngine:
         self.scheduler = Scheduler(runner.num_slots, max_prefill_tokens)
         self._by_id: dict[str, Sequence] = {}
         self._prompt_sums: dict[str, torch.Tensor] = {}
+        # Next-token logits and mean state after each prompt some running slot holds.
+        self._after_prompt: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def add(self, seq: Sequence) -> None:
         """Queue a sequence; it joins the running batch at the next step with a free slot."""
@@ -58,7 +64,9 @@ class LLMEngine:
         """Put this step's prompt chunks in the cache, then advance every decoding sequence."""
         failed: dict[str, str] = {}
         self.scheduler.admit()
-        self._prefill(self.scheduler.prefill_chunks(), failed)
+        chunks = self.scheduler.prefill_chunks()
+        self._prefill(chunks, failed)
+        shared = self._share_prompts(failed)
         decoding = self.scheduler.decoding()
         self._draw(decoding, failed)
         batch: list[Sequence] = []
@@ -81,7 +89,8 @@ class LLMEngine:
                 outputs[seq.request_id] = output
             if seq.finished:
                 self._release(seq)
-        return StepResult(outputs, failed, len(batch))
+        prefilled = sum(c.end - c.start for c in chunks if c.seq.request_id not in failed)
+        return StepResult(outputs, failed, len(batch), prefilled, shared)
 
     def _draw(self, running: list[Sequence], failed: dict[str, str]) -> None:
         """Sample the next token of every plain sequence in one batched call."""
@@ -128,7 +137,27 @@ class LLMEngine:
                 self._prompt_sums[seq.request_id] = total
                 continue
             mean = total / len(seq.prompt_ids)
+            self._after_prompt[tuple(seq.prompt_ids)] = (out.logits[row].clone(), mean)
             self._guarded(seq, failed, seq.on_prefill, out.logits[row], mean)
+
+    def _share_prompts(self, failed: dict[str, str]) -> int:
+        """Copy each ready source's prompt K/V into its followers' slots; the tokens copied."""
+        copied = 0
+        for source, followers in self.scheduler.shares_ready().items():
+            length = len(source.prompt_ids)
+            try:
+                self.runner.share_prefix(source.slot, [f.slot for f in followers], length)
+            except Exception as exc:
+                logger.exception("prompt copy failed")
+                for follower in followers:
+                    self._fail(follower, failed, exc)
+                continue
+            logits, mean = self._after_prompt[tuple(source.prompt_ids)]
+            for follower in followers:
+                self.scheduler.shared(follower)
+                copied += length
+                self._guarded(follower, failed, follower.on_prefill, logits.clone(), mean.clone())
+        return copied
 
     def _tree_step(
         self, batch: list[Sequence], candidates: list[list[int]], failed: dict[str, str]
@@ -203,4 +232,6 @@ class LLMEngine:
         if seq.slot >= 0:
             self.runner.truncate(seq.slot, 0)
         self.scheduler.release(seq)
+        if not self.scheduler.holds(seq.prompt_ids):
+            self._after_prompt.pop(tuple(seq.prompt_ids), None)
         self._by_id.pop(seq.request_id, None)

@@ -146,6 +146,10 @@ class ModelRunner:
             raise ValueError(f"cannot truncate slot {slot} to {length}")
         self.cache.lengths[slot] = length
 
+    def share_prefix(self, source: int, targets: list[int], length: int) -> None:
+        """Start each target slot with the source slot's first `length` committed tokens."""
+        self.cache.copy_prefix(source, targets, length)
+
     def embed(self, token_ids: list[int]) -> torch.Tensor:
         """Input embeddings [n, d] of token ids, as float32."""
         ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)

@@ -31,6 +31,11 @@ class Scheduler:
     prompt is spread over several steps and the decoding sequences keep moving meanwhile.
     A new sequence takes the lowest free slot, and batches list their rows by slot, so a
     busy engine's rows are mostly consecutive slots (which the cache reads without copying).
+
+    A sequence whose prompt equals that of a running one (a request's other chains or `n`
+    choices, or the same prompt sent twice) is not prefilled: it waits as a follower of that
+    source until the source's prompt is all in its slot, and the engine then copies the
+    prompt's K/V into the follower's slot (`shares_ready`, `shared`).
     """
 
     def __init__(self, num_slots: int, max_prefill_tokens: int) -> None:
@@ -41,6 +46,8 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.prefilled: dict[str, int] = {}
+        self.following: dict[Sequence, Sequence] = {}  # follower -> the holder it copies
+        self._holders: dict[tuple[int, ...], list[Sequence]] = {}
 
     def add(self, seq: Sequence) -> None:
         """Queue a new sequence."""
@@ -52,7 +59,13 @@ class Scheduler:
         while self.waiting and self.free_slots:
             seq = self.waiting.popleft()
             seq.slot = heapq.heappop(self.free_slots)
-            self.prefilled[seq.request_id] = 0
+            holders = self._holders.setdefault(tuple(seq.prompt_ids), [])
+            source = self._source(holders)
+            if source is None:
+                self.prefilled[seq.request_id] = 0
+            else:
+                self.following[seq] = source
+            holders.append(seq)
             admitted.append(seq)
             self.running.append(seq)
         return admitted
@@ -77,20 +90,58 @@ class Scheduler:
         else:
             self.prefilled[chunk.seq.request_id] = chunk.end
 
+    def shares_ready(self) -> dict[Sequence, list[Sequence]]:
+        """Followers whose source's prompt is all in its slot now, by source."""
+        ready: dict[Sequence, list[Sequence]] = {}
+        for follower, source in self.following.items():
+            if self._holds_prompt(source):
+                ready.setdefault(source, []).append(follower)
+        return ready
+
+    def shared(self, follower: Sequence) -> None:
+        """Record a follower's prompt as copied into its slot: it decodes from now on."""
+        self.following.pop(follower, None)
+
+    def holds(self, prompt_ids: list[int]) -> bool:
+        """Whether a running sequence has (or is getting) this prompt in its slot."""
+        return tuple(prompt_ids) in self._holders
+
     def decoding(self) -> list[Sequence]:
         """Running sequences whose prompts are all in their slots, by slot."""
-        decoding = [s for s in self.running if s.request_id not in self.prefilled]
+        decoding = [s for s in self.running if self._holds_prompt(s)]
         return sorted(decoding, key=lambda seq: seq.slot)
 
     def release(self, seq: Sequence) -> None:
-        """Take a sequence out of the queues and free its slot."""
+        """Take a sequence out of the queues and free its slot; its followers find another
+        source, or the first of them prefills the prompt itself."""
         self.prefilled.pop(seq.request_id, None)
+        self.following.pop(seq, None)
+        key = tuple(seq.prompt_ids)
+        holders = self._holders.get(key, [])
+        if seq in holders:
+            holders.remove(seq)
+            if not holders:
+                del self._holders[key]
+        for orphan in [f for f, source in self.following.items() if source is seq]:
+            source = self._source(holders)
+            if source is None:
+                del self.following[orphan]
+                self.prefilled[orphan.request_id] = 0
+            else:
+                self.following[orphan] = source
         if seq in self.running:
             self.running.remove(seq)
             heapq.heappush(self.free_slots, seq.slot)
         elif seq in self.waiting:
             self.waiting.remove(seq)
         seq.slot = -1
+
+    def _holds_prompt(self, seq: Sequence) -> bool:
+        return seq.request_id not in self.prefilled and seq not in self.following
+
+    def _source(self, holders: list[Sequence]) -> Sequence | None:
+        """The holder a new follower copies from: one that prefills the prompt or holds it."""
+        return next((s for s in holders if s not in self.following), None)
 
     def has_work(self) -> bool:
         """Whether any sequence is waiting or running."""

@@ -51,6 +51,17 @@ STEP_SECONDS = Histogram(
     ["engine"],
     buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5),
 )
+PROMPT_TOKENS_PREFILLED = Counter(
+    "guardserve_prompt_tokens_prefilled_total",
+    "Prompt tokens the torch runner put into its cache by a forward.",
+    ["engine"],
+)
+PROMPT_TOKENS_SHARED = Counter(
+    "guardserve_prompt_tokens_shared_total",
+    "Prompt tokens the torch runner copied from a running sequence with the same prompt "
+    "(a request's chains and n choices, or the same prompt twice) instead of a forward.",
+    ["engine"],
+)
 
 
 class CudaMemoryCollector(Collector):

@@ -218,6 +218,8 @@ class TorchEngine:
         metrics.STEP_SECONDS.labels(self.label).observe(time.perf_counter() - start)
         if result.batch_size:
             metrics.BATCH_SIZE.labels(self.label).observe(result.batch_size)
+        metrics.PROMPT_TOKENS_PREFILLED.labels(self.label).inc(result.prefilled)
+        metrics.PROMPT_TOKENS_SHARED.labels(self.label).inc(result.shared)
         self._publish_load()
         for request_id, output in result.outputs.items():
             self._deliver(request_id, output, done=output.finish_reason is not None)

@@ -317,6 +317,29 @@ def test_calibrated_chains_and_consensus(torch_server: Server) -> None:
     assert several.usage.completion_tokens == 3 * single.usage.completion_tokens
 
 
+def prompt_token_counts(server: Server) -> tuple[float, float]:
+    """Prompt tokens the torch runners prefilled by a forward and copied, so far."""
+    samples = server.metrics().items()
+    return tuple(  # type: ignore[return-value]
+        sum(v for k, v in samples if k.startswith(f"guardserve_prompt_tokens_{kind}_total{{"))
+        for kind in ("prefilled", "shared")
+    )
+
+
+def test_chains_and_choices_prefill_the_prompt_once(torch_server: Server) -> None:
+    before = prompt_token_counts(torch_server)
+    guarded = ask(torch_server, guard={"enabled": True, "chains": 4}, messages=GROUNDED)
+    middle = prompt_token_counts(torch_server)
+    prompt = guarded.usage.prompt_tokens
+    assert (middle[0] - before[0], middle[1] - before[1]) == (prompt, 3 * prompt)
+    plain = torch_server.openai().chat.completions.create(
+        model=MODEL, messages=GROUNDED, n=3, temperature=0.8, seed=5, max_tokens=16
+    )
+    after = prompt_token_counts(torch_server)
+    assert (after[0] - middle[0], after[1] - middle[1]) == (prompt, 2 * prompt)
+    assert plain.usage.prompt_tokens == prompt
+
+
 def test_guarded_and_plain_requests_concurrently(server: Server) -> None:
     async def run_all() -> list[ChatCompletion]:
         client = server.async_openai()

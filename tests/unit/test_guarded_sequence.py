@@ -189,6 +189,50 @@ def test_guarded_batched_with_others_equals_guarded_alone(
     )
 
 
+def test_guarded_chains_of_one_prompt_prefill_it_once_and_refine_as_if_alone(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    settings = {"tau_low": 0.0, "tau_high": 0.9, "n_max": 2}
+    alone = [
+        run(
+            make_engine(tiny_llama),
+            [
+                guarded(
+                    make_engine(tiny_llama),
+                    tiny_tokenizer,
+                    f"c{i}",
+                    num_candidates=2 + i,
+                    **settings,
+                )
+            ],
+        )[f"c{i}"]
+        for i in range(3)
+    ]
+    engine = make_engine(tiny_llama)
+    chains = [
+        guarded(engine, tiny_tokenizer, f"c{i}", num_candidates=2 + i, **settings) for i in range(3)
+    ]
+    for seq in chains:
+        engine.add(seq)
+    prefilled = shared = 0
+    outputs: dict[str, list[SequenceOutput]] = {s.request_id: [] for s in chains}
+    while engine.has_work():
+        result = engine.step()
+        assert not result.failed
+        prefilled, shared = prefilled + result.prefilled, shared + result.shared
+        for request_id, output in result.outputs.items():
+            outputs[request_id].append(output)
+    assert (prefilled, shared) == (len(PROMPT), 2 * len(PROMPT))
+    for i, single in enumerate(alone):
+        assert text_of(outputs[f"c{i}"]) == text_of(single)
+        report, reference = outputs[f"c{i}"][-1].report, single[-1].report
+        assert report is not None and reference is not None
+        assert [(s.text, s.status, s.refinements) for s in report.segments] == [
+            (s.text, s.status, s.refinements) for s in reference.segments
+        ]
+    assert engine.runner.cache.lengths == [0, 0, 0, 0]
+
+
 def test_guard_state_is_bounded_by_the_segment(
     tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
 ) -> None:

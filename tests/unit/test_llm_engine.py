@@ -119,3 +119,101 @@ def test_chunked_prompt_state_is_the_mean_over_the_whole_prompt(
         while engine.has_work():
             engine.step()
     torch.testing.assert_close(states["b7"], states["b4096"], atol=1e-5, rtol=1e-5)
+
+
+def run_counting(
+    engine: LLMEngine, seqs: list[Sequence], abort_after: dict[str, int] | None = None
+) -> tuple[int, int]:
+    """Step the sequences to the end (aborting some after N steps); tokens prefilled, shared."""
+    for seq in seqs:
+        engine.add(seq)
+    prefilled = shared = steps = 0
+    while engine.has_work():
+        result = engine.step()
+        assert not result.failed
+        prefilled += result.prefilled
+        shared += result.shared
+        steps += 1
+        for request_id, after in (abort_after or {}).items():
+            if steps == after:
+                engine.abort(request_id)
+    return prefilled, shared
+
+
+def test_sequences_with_one_prompt_prefill_it_once_and_decode_as_if_alone(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    prompt = [3 + (i * 7) % 90 for i in range(20)]
+    params = [
+        SamplingParams(max_tokens=8, temperature=0.8, seed=10 + i, ignore_eos=True)
+        for i in range(3)
+    ] + [SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)]
+    alone = [run(tiny_llama, tiny_tokenizer, [(prompt, p)])[0] for p in params]
+    for budget in (2048, 6):  # whole prompt in one step, or in chunks while followers wait
+        runner = ModelRunner(tiny_llama, num_slots=4, max_model_len=64, max_candidates=4)
+        engine = LLMEngine(runner, max_prefill_tokens=budget)
+        seqs = [
+            Sequence(f"c{i}", prompt, p, tiny_tokenizer, frozenset({0}), 64)
+            for i, p in enumerate(params)
+        ]
+        prefilled, shared = run_counting(engine, seqs)
+        assert [s.output_ids for s in seqs] == alone
+        assert (prefilled, shared) == (len(prompt), 3 * len(prompt))
+        assert len({tuple(s.output_ids) for s in seqs}) > 1
+        assert engine.scheduler.free_slots == [0, 1, 2, 3]
+
+
+def test_followers_get_the_prompt_state_of_the_sequence_that_prefilled(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    states: dict[str, torch.Tensor] = {}
+
+    class Recording(Sequence):
+        def on_prefill(self, logits: torch.Tensor, prompt_state: torch.Tensor) -> None:
+            states[self.request_id] = prompt_state
+            super().on_prefill(logits, prompt_state)
+
+    prompt = [3 + (i * 5) % 90 for i in range(12)]
+    params = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
+    runner = ModelRunner(tiny_llama, num_slots=3, max_model_len=64, max_candidates=1)
+    engine = LLMEngine(runner, max_prefill_tokens=5)
+    seqs = [
+        Recording(f"s{i}", prompt, params, tiny_tokenizer, frozenset({0}), 64) for i in range(3)
+    ]
+    assert run_counting(engine, seqs) == (len(prompt), 2 * len(prompt))
+    for follower in ("s1", "s2"):
+        torch.testing.assert_close(states[follower], states["s0"])
+
+
+def test_a_follower_prefills_itself_when_its_source_is_aborted_mid_prompt(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    prompt = [3 + (i * 11) % 90 for i in range(24)]
+    params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+    runner = ModelRunner(tiny_llama, num_slots=3, max_model_len=64, max_candidates=1)
+    engine = LLMEngine(runner, max_prefill_tokens=8)
+    seqs = [Sequence(f"a{i}", prompt, params, tiny_tokenizer, frozenset({0}), 64) for i in range(3)]
+    prefilled, shared = run_counting(engine, seqs, abort_after={"a0": 1})
+    expected = greedy_reference(tiny_llama, prompt, 6)
+    assert [s.output_ids for s in seqs[1:]] == [expected, expected]
+    assert (prefilled, shared) == (8 + len(prompt), len(prompt))
+
+
+def test_a_later_request_copies_the_prompt_from_a_decoding_one_and_slots_are_reused(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    prompt = [3 + (i * 13) % 90 for i in range(10)]
+    greedy = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
+    runner = ModelRunner(tiny_llama, num_slots=2, max_model_len=64, max_candidates=1)
+    engine = LLMEngine(runner)
+    first = Sequence("first", prompt, greedy, tiny_tokenizer, frozenset({0}), 64)
+    engine.add(first)
+    for _ in range(4):
+        engine.step()
+    later = Sequence("later", prompt, greedy, tiny_tokenizer, frozenset({0}), 64)
+    assert run_counting(engine, [later]) == (0, len(prompt))
+    expected = greedy_reference(tiny_llama, prompt, 10)
+    assert first.output_ids == later.output_ids == expected
+    other = Sequence("other", [5, 6, 7], greedy, tiny_tokenizer, frozenset({0}), 64)
+    assert run_counting(engine, [other]) == (3, 0)
+    assert other.output_ids == greedy_reference(tiny_llama, [5, 6, 7], 10)
