@@ -125,6 +125,19 @@ class SlotKVCache(Cache):
         for target in targets:
             self.lengths[target] = length
 
+    def read_prefix(self, slot: int, length: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Copies of a slot's first `length` keys and values, per layer [kv_heads, length, dim]."""
+        keys = [buffer[slot, :, :length].clone() for buffer in self.keys]
+        return keys, [buffer[slot, :, :length].clone() for buffer in self.values]
+
+    def write_prefix(self, slot: int, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        """Make a slot hold exactly these keys and values (per layer [kv_heads, length, dim])."""
+        length = keys[0].shape[1]
+        self.reserve(length)
+        for buffer, part in zip(self.keys + self.values, keys + values, strict=True):
+            buffer[slot, :, :length] = part
+        self.lengths[slot] = length
+
     def move(self, slots: torch.Tensor, sources: torch.Tensor, targets: torch.Tensor) -> None:
         """Copy each slot's K/V at position `sources[i]` to position `targets[i]` in every layer."""
         for buffer in self.keys + self.values:

@@ -11,6 +11,7 @@ import torch
 
 from engine.model_runner import ModelRunner
 from engine.outputs import SequenceOutput
+from engine.prefix_cache import PrefixCache
 from engine.sampling import Shortlist, sample_batch, shortlists
 from engine.scheduler import PrefillChunk, Scheduler
 from engine.sequence import EVALUATE_MORE, Sequence
@@ -23,25 +24,31 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class StepResult:
     """Outputs of one engine step, per request id, the size of the batched forward, and the
-    prompt tokens this step put into the cache by a forward (`prefilled`) or by copying another
-    slot's prompt (`shared`)."""
+    prompt tokens this step put into slots: by a forward (`prefilled`), copied from a running
+    slot with the same prompt (`shared`), or from the prefix cache (`cached`)."""
 
     outputs: dict[str, SequenceOutput[Any]]
     failed: dict[str, str]
     batch_size: int
     prefilled: int = 0
     shared: int = 0
+    cached: int = 0
 
 
 class LLMEngine:
     """Ties scheduler and runner together; a sequence decides its own tokens."""
 
-    def __init__(self, runner: ModelRunner, max_prefill_tokens: int = 2048) -> None:
-        """`max_prefill_tokens`: prompt tokens put into the cache per step (chunked prefill)."""
+    def __init__(
+        self, runner: ModelRunner, max_prefill_tokens: int = 2048, prefix_cache_bytes: int = 0
+    ) -> None:
+        """`max_prefill_tokens`: prompt tokens put into the cache per step (chunked prefill);
+        `prefix_cache_bytes`: memory for prompts kept after their sequences end (0: none)."""
         self.runner = runner
         self.scheduler = Scheduler(runner.num_slots, max_prefill_tokens)
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)
         self._by_id: dict[str, Sequence] = {}
-        self._prompt_sums: dict[str, torch.Tensor] = {}
+        # Penultimate states of the prompt tokens in a prefilling sequence's slot so far.
+        self._prompt_states: dict[str, list[torch.Tensor]] = {}
         # Next-token logits and mean state after each prompt some running slot holds.
         self._after_prompt: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -63,7 +70,7 @@ class LLMEngine:
     def step(self) -> StepResult:
         """Put this step's prompt chunks in the cache, then advance every decoding sequence."""
         failed: dict[str, str] = {}
-        self.scheduler.admit()
+        cached = self._reuse_cached(self.scheduler.admit())
         chunks = self.scheduler.prefill_chunks()
         self._prefill(chunks, failed)
         shared = self._share_prompts(failed)
@@ -90,7 +97,7 @@ class LLMEngine:
             if seq.finished:
                 self._release(seq)
         prefilled = sum(c.end - c.start for c in chunks if c.seq.request_id not in failed)
-        return StepResult(outputs, failed, len(batch), prefilled, shared)
+        return StepResult(outputs, failed, len(batch), prefilled, shared, cached)
 
     def _draw(self, running: list[Sequence], failed: dict[str, str]) -> None:
         """Sample the next token of every plain sequence in one batched call."""
@@ -111,10 +118,28 @@ class LLMEngine:
         for seq, token in zip(seqs, tokens, strict=True):
             seq.take_draw(token)
 
+    def _reuse_cached(self, admitted: list[Sequence]) -> int:
+        """Start new sequences' slots with the longest prefix the prefix cache holds of their
+        prompt; the prompt tokens so reused."""
+        reused = 0
+        for seq in admitted:
+            if not self.scheduler.prefills_from_start(seq):
+                continue
+            hit = self.prefix_cache.longest_prefix(seq.prompt_ids)
+            if hit is None:
+                continue
+            prompt, length = hit
+            self.runner.load_prompt(seq.slot, prompt, length)
+            self.scheduler.skip_prefill(seq, length)
+            self._prompt_states[seq.request_id] = [prompt.states[:length]]
+            reused += length
+        return reused
+
     def _prefill(self, chunks: list[PrefillChunk], failed: dict[str, str]) -> None:
         """Extend each chunk's slot; sequences whose prompt is complete get `on_prefill`.
 
-        The prompt state handed over is the mean penultimate state over all prompt chunks.
+        The prompt state handed over is the mean penultimate state over the whole prompt.
+        A completed prompt is offered to the prefix cache.
         """
         if not chunks:
             return
@@ -130,13 +155,14 @@ class LLMEngine:
         for row, chunk in enumerate(chunks):
             seq = chunk.seq
             self.scheduler.advance_prefill(chunk)
-            total = out.hidden[row] * (chunk.end - chunk.start)
-            if chunk.start > 0:
-                total = total + self._prompt_sums.pop(seq.request_id)
+            parts = self._prompt_states.setdefault(seq.request_id, [])
+            parts.append(out.states[row])
             if not chunk.last:
-                self._prompt_sums[seq.request_id] = total
                 continue
-            mean = total / len(seq.prompt_ids)
+            states = torch.cat(self._prompt_states.pop(seq.request_id))
+            mean = states.mean(0)
+            if self.prefix_cache.wants(seq.prompt_ids):
+                self.prefix_cache.add(self.runner.save_prompt(seq.slot, seq.prompt_ids, states))
             self._after_prompt[tuple(seq.prompt_ids)] = (out.logits[row].clone(), mean)
             self._guarded(seq, failed, seq.on_prefill, out.logits[row], mean)
 
@@ -228,7 +254,7 @@ class LLMEngine:
         self._release(seq)
 
     def _release(self, seq: Sequence) -> None:
-        self._prompt_sums.pop(seq.request_id, None)
+        self._prompt_states.pop(seq.request_id, None)
         if seq.slot >= 0:
             self.runner.truncate(seq.slot, 0)
         self.scheduler.release(seq)

@@ -10,14 +10,16 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from engine.kv_cache import INITIAL_CACHE_LEN, SlotKVCache
 from engine.llama import LlamaForward, unsupported_reason
+from engine.prefix_cache import CachedPrompt
 
 
 @dataclass(frozen=True)
 class PrefillOutput:
-    """Per row: next-token logits [B, V] after its last new token, mean penultimate state [B, d]."""
+    """Per row: next-token logits [B, V] after its last new token, and its new tokens'
+    penultimate-layer states (float32, [n_row, d] each)."""
 
     logits: torch.Tensor
-    hidden: torch.Tensor
+    states: list[torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,17 @@ class ModelRunner:
         """Start each target slot with the source slot's first `length` committed tokens."""
         self.cache.copy_prefix(source, targets, length)
 
+    def save_prompt(self, slot: int, prompt_ids: list[int], states: torch.Tensor) -> CachedPrompt:
+        """A copy of the prompt a slot starts with, to keep past the slot's sequence."""
+        keys, values = self.cache.read_prefix(slot, len(prompt_ids))
+        return CachedPrompt(tuple(prompt_ids), keys, values, states)
+
+    def load_prompt(self, slot: int, prompt: CachedPrompt, length: int) -> None:
+        """Start a slot with the first `length` tokens of a kept prompt."""
+        self.cache.write_prefix(
+            slot, [k[:, :length] for k in prompt.keys], [v[:, :length] for v in prompt.values]
+        )
+
     def embed(self, token_ids: list[int]) -> torch.Tensor:
         """Input embeddings [n, d] of token ids, as float32."""
         ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
@@ -175,8 +188,8 @@ class ModelRunner:
             self.cache.lengths[slot] += n
         last = torch.tensor([n - 1 for n in counts], device=self.device)
         rows = torch.arange(len(slots), device=self.device)
-        hidden = (out.hidden * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)
-        return PrefillOutput(logits=self.logits(out.final[rows, last]), hidden=hidden)
+        states = [out.hidden[row, :n] for row, n in enumerate(counts)]
+        return PrefillOutput(logits=self.logits(out.final[rows, last]), states=states)
 
     @torch.inference_mode()
     def tree_step(self, slots: list[int], candidates: list[list[int]]) -> TreeOutput:

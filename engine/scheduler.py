@@ -90,6 +90,14 @@ class Scheduler:
         else:
             self.prefilled[chunk.seq.request_id] = chunk.end
 
+    def prefills_from_start(self, seq: Sequence) -> bool:
+        """Whether a sequence is to prefill its prompt and has put none of it in its slot."""
+        return self.prefilled.get(seq.request_id) == 0
+
+    def skip_prefill(self, seq: Sequence, length: int) -> None:
+        """Record a prompt's first `length` tokens as already in the sequence's slot."""
+        self.prefilled[seq.request_id] = length
+
     def shares_ready(self) -> dict[Sequence, list[Sequence]]:
         """Followers whose source's prompt is all in its slot now, by source."""
         ready: dict[Sequence, list[Sequence]] = {}

@@ -24,6 +24,7 @@ FLAG_GROUPS: dict[str, list[str]] = {
         "plain_engine",
         "max_num_seqs",
         "max_prefill_tokens",
+        "prefix_cache_bytes",
         "torch_threads",
         "device",
         "torch_runners",

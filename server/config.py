@@ -37,6 +37,13 @@ class ServerConfig(BaseModel):
         "prefill): lower keeps running streams moving while long prompts arrive, higher "
         "gives a burst of new requests their first token sooner.",
     )
+    prefix_cache_bytes: int = Field(
+        256 << 20,
+        ge=0,
+        description="Memory of each torch runner for prompts kept after their requests end: a "
+        "new prompt that starts with a kept one (a system prompt, a document asked about "
+        "again) prefills only the rest; 0 keeps none.",
+    )
     torch_threads: int | None = Field(
         None,
         ge=1,

@@ -156,6 +156,7 @@ def build_torch_engines(
             label=f"torch-{device}" if len(devices) == 1 else f"torch-{index}-{device}",
             probe=None if assets is None else assets.probe,
             max_prefill_tokens=config.max_prefill_tokens,
+            prefix_cache_bytes=config.prefix_cache_bytes,
             threads=config.torch_threads,
         )
         for index, device in enumerate(devices)

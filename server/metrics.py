@@ -56,10 +56,16 @@ PROMPT_TOKENS_PREFILLED = Counter(
     "Prompt tokens the torch runner put into its cache by a forward.",
     ["engine"],
 )
-PROMPT_TOKENS_SHARED = Counter(
-    "guardserve_prompt_tokens_shared_total",
-    "Prompt tokens the torch runner copied from a running sequence with the same prompt "
-    "(a request's chains and n choices, or the same prompt twice) instead of a forward.",
+PROMPT_TOKENS_REUSED = Counter(
+    "guardserve_prompt_tokens_reused_total",
+    "Prompt tokens the torch runner copied instead of a forward: from a running sequence with "
+    "the same prompt (source running: a request's chains and n choices) or from the prefix "
+    "cache (source cache: a kept prompt the new one starts with).",
+    ["engine", "source"],
+)
+PREFIX_CACHE_BYTES = Gauge(
+    "guardserve_prefix_cache_bytes",
+    "Bytes of prompts the torch runner keeps for reuse (--prefix-cache-bytes bounds it).",
     ["engine"],
 )
 

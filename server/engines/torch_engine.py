@@ -55,6 +55,7 @@ class TorchEngine:
         label: str | None = None,
         probe: HallucinationProbe | None = None,
         max_prefill_tokens: int = 2048,
+        prefix_cache_bytes: int = 0,
         threads: int | None = None,
     ) -> None:
         """`threads`: intra-op threads of the worker thread's torch ops (None: torch's default,
@@ -63,7 +64,7 @@ class TorchEngine:
         self.threads = threads
         self.tokenizer = tokenizer
         self.eos_token_ids = runner.eos_token_ids(tokenizer)
-        self.core = LLMEngine(runner, max_prefill_tokens)
+        self.core = LLMEngine(runner, max_prefill_tokens, prefix_cache_bytes)
         self.label = label or f"torch-{runner.device}"
         self.probe = probe
         self._active = 0
@@ -219,7 +220,9 @@ class TorchEngine:
         if result.batch_size:
             metrics.BATCH_SIZE.labels(self.label).observe(result.batch_size)
         metrics.PROMPT_TOKENS_PREFILLED.labels(self.label).inc(result.prefilled)
-        metrics.PROMPT_TOKENS_SHARED.labels(self.label).inc(result.shared)
+        metrics.PROMPT_TOKENS_REUSED.labels(self.label, "running").inc(result.shared)
+        metrics.PROMPT_TOKENS_REUSED.labels(self.label, "cache").inc(result.cached)
+        metrics.PREFIX_CACHE_BYTES.labels(self.label).set(self.core.prefix_cache.nbytes)
         self._publish_load()
         for request_id, output in result.outputs.items():
             self._deliver(request_id, output, done=output.finish_reason is not None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import uuid
 from typing import Any
 
 import openai
@@ -317,26 +318,36 @@ def test_calibrated_chains_and_consensus(torch_server: Server) -> None:
     assert several.usage.completion_tokens == 3 * single.usage.completion_tokens
 
 
-def prompt_token_counts(server: Server) -> tuple[float, float]:
-    """Prompt tokens the torch runners prefilled by a forward and copied, so far."""
-    samples = server.metrics().items()
-    return tuple(  # type: ignore[return-value]
-        sum(v for k, v in samples if k.startswith(f"guardserve_prompt_tokens_{kind}_total{{"))
-        for kind in ("prefilled", "shared")
-    )
+def prompt_token_counts(server: Server) -> dict[str, float]:
+    """Prompt tokens the torch runners prefilled by a forward, and reused by source, so far."""
+    counts = {"prefilled": 0.0, "running": 0.0, "cache": 0.0}
+    for key, value in server.metrics().items():
+        if key.startswith("guardserve_prompt_tokens_prefilled_total{"):
+            counts["prefilled"] += value
+        elif key.startswith("guardserve_prompt_tokens_reused_total{"):
+            counts["cache" if 'source="cache"' in key else "running"] += value
+    return counts
 
 
-def test_chains_and_choices_prefill_the_prompt_once(torch_server: Server) -> None:
+def counted(server: Server, before: dict[str, float]) -> dict[str, float]:
+    """What the prompt-token counters added since `before`."""
+    return {key: value - before[key] for key, value in prompt_token_counts(server).items()}
+
+
+def test_chains_and_choices_prefill_the_prompt_once_and_keep_it(torch_server: Server) -> None:
+    # A prompt no other test sent: only the chat template's head is in the prefix cache.
+    messages = user(f"Note {uuid.uuid4().hex}: {GROUNDED[0]['content']}")
     before = prompt_token_counts(torch_server)
-    guarded = ask(torch_server, guard={"enabled": True, "chains": 4}, messages=GROUNDED)
-    middle = prompt_token_counts(torch_server)
+    guarded = ask(torch_server, guard={"enabled": True, "chains": 4}, messages=messages)
     prompt = guarded.usage.prompt_tokens
-    assert (middle[0] - before[0], middle[1] - before[1]) == (prompt, 3 * prompt)
+    assert counted(torch_server, before) == {"prefilled": prompt, "running": 3 * prompt, "cache": 0}
+    before = prompt_token_counts(torch_server)
     plain = torch_server.openai().chat.completions.create(
-        model=MODEL, messages=GROUNDED, n=3, temperature=0.8, seed=5, max_tokens=16
+        model=MODEL, messages=messages, n=3, temperature=0.8, seed=5, max_tokens=16
     )
-    after = prompt_token_counts(torch_server)
-    assert (after[0] - middle[0], after[1] - middle[1]) == (prompt, 2 * prompt)
+    # The first choice starts from the kept prompt and prefills its last token; the others copy.
+    reused = {"prefilled": 1, "running": 2 * prompt, "cache": prompt - 1}
+    assert counted(torch_server, before) == reused
     assert plain.usage.prompt_tokens == prompt
 
 

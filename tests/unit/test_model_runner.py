@@ -150,14 +150,14 @@ def test_short_row_near_the_length_cap_beside_a_wide_one(
         torch.testing.assert_close(out.logits[row], expected, atol=1e-4, rtol=1e-4)
 
 
-def test_prompt_anchor_is_mean_penultimate_state(
+def test_prefill_returns_each_prompt_tokens_penultimate_state(
     tiny_llama: LlamaForCausalLM, native: bool
 ) -> None:
     runner = make_runner(tiny_llama, native)
     out = runner.extend([0, 1], [PROMPTS[0], PROMPTS[1]])
     with torch.inference_mode():
         states = tiny_llama(torch.tensor([PROMPTS[1]]), output_hidden_states=True).hidden_states
-    torch.testing.assert_close(out.hidden[1], states[-2][0].mean(0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.states[1], states[-2][0], atol=1e-4, rtol=1e-4)
 
 
 def test_tree_step_probe_layer_states_equal_full_forward(
@@ -370,4 +370,4 @@ def test_padded_prefill_packs_real_tokens_and_matches_rows_run_alone(
         runner.truncate(slot, 0)
         alone = runner.extend([slot], [prompt])
         torch.testing.assert_close(together.logits[slot], alone.logits[0], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(together.hidden[slot], alone.hidden[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(together.states[slot], alone.states[0], atol=1e-5, rtol=1e-5)
