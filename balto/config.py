@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from balto.advantages import AdvantageMethod
 from balto.loss import Normalizer
-from evals.halueval import DEV_LAST_LINE
+from groundedqa.halueval import DevLineWindow
 
 _FACTUAL_METHODS = {
     AdvantageMethod.BALTO,
@@ -19,7 +19,7 @@ _FACTUAL_METHODS = {
 }
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(DevLineWindow):
     """One training run: data, rollouts, advantage scheme, optimisation and parameterisation.
 
     Each step samples ``group_size`` responses for each of ``prompts_per_step`` prompts, labels
@@ -38,8 +38,6 @@ class TrainConfig(BaseModel):
     out: Path = Field(Path("balto-run"), description="Run folder for the adapter and logs.")
 
     data: Literal["halueval"] = Field("halueval", description="Training prompts.")
-    first_line: int = Field(1, ge=1, le=DEV_LAST_LINE, description="First HaluEval dev line.")
-    limit: int = Field(4000, ge=1, description="Prompts (dev lines) from first_line on.")
     max_prompt_tokens: int = Field(448, ge=8, description="Longer prompts are skipped.")
 
     steps: int = Field(20, ge=1, description="Training steps.")
@@ -140,11 +138,6 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        if self.first_line + self.limit - 1 > DEV_LAST_LINE:
-            raise ValueError(
-                f"lines {self.first_line}-{self.first_line + self.limit - 1} reach past the "
-                f"HaluEval dev split (1-{DEV_LAST_LINE})"
-            )
         if self.full and self.init_adapter is not None:
             raise ValueError("init_adapter continues a LoRA adapter; it does not apply with full")
         if self.length_buffer >= self.max_new_tokens:

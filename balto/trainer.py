@@ -50,8 +50,8 @@ from balto.rollout import (
 from balto.rollout_policy import RolloutPolicy
 from engine.model_runner import ModelRunner, pick_device
 from engine.sampling import SamplingParams
-from evals.metrics import gold_in_answer
-from evals.prompts import grounded_prompt_ids
+from groundedqa.metrics import gold_in_answer
+from groundedqa.prompts import grounded_prompt_ids
 
 LOG_FILE = "train_log.jsonl"
 SUMMARY_FILE = "training.json"
@@ -131,9 +131,9 @@ def halueval_prompts(
     Returns the prompts (key: the line number) and how many were skipped for being longer
     than ``max_prompt_tokens``.
     """
-    from evals.halueval import load_halueval
+    from groundedqa.halueval import load_dev_lines
 
-    items = load_halueval("dev", limit=first_line - 1 + limit)[first_line - 1 :]
+    items = load_dev_lines(first_line, first_line + limit - 1)
     prompts = [
         Prompt(
             grounded_prompt_ids(tokenizer, item.knowledge, item.question),
@@ -483,7 +483,7 @@ def run_training(config: TrainConfig, labeller: Labeller | None = None, command:
         "data": {
             "dataset": "halueval_qa",
             "split": "dev",
-            "lines": [config.first_line, config.first_line + config.limit - 1],
+            "lines": [config.first_line, config.last_line],
             "skipped_long_prompts": skipped,
             "lines_trained": sorted({int(k) for k in trainer.used_keys}),
         },

@@ -1,9 +1,9 @@
 """Base vs GRPO_D- vs BALTO-trained adapters on held-out HaluEval dev prompts, greedy decoding.
 
-Every model answers the same grounded prompts (evals.prompts) with greedy decoding, batched in
+Every model answers the same grounded prompts (groundedqa.prompts) with greedy decoding, batched in
 one engine run per model. Two judges, as in evals.report:
 
-- gold in answer   the normalised gold answer occurs in the response (evals.metrics);
+- gold in answer   the normalised gold answer occurs in the response (groundedqa.metrics);
 - verifier         each response's claims are checked against the item's knowledge
                    (verify.verifier): hallucination = share of responses with at least one
                    unsupported claim, Faith. = 1 - that, Info. = share with at least as many
@@ -41,9 +41,9 @@ from benchmarks.held_out import held_out_lines, parse_entries
 from engine.model_runner import ModelRunner, pick_device
 from engine.model_store import BASE_MODEL, resolve_model
 from engine.sampling import SamplingParams
-from evals import metrics
-from evals.halueval import HaluEvalItem, load_halueval
-from evals.prompts import grounded_prompt_ids
+from groundedqa import metrics
+from groundedqa.halueval import HaluEvalItem, load_dev_lines
+from groundedqa.prompts import grounded_prompt_ids
 from verify.verifier import Verifier
 
 JUDGED_BY = {
@@ -250,7 +250,7 @@ def main() -> None:
 
     model_dir = resolve_model(args.model, args.cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    items = load_halueval("dev", limit=last)[args.first_line - 1 :]
+    items = load_dev_lines(args.first_line, last)
     prompts = [
         Prompt(grounded_prompt_ids(tokenizer, i.knowledge, i.question), i.knowledge, str(i.line))
         for i in items

@@ -1,6 +1,6 @@
 """Base vs HALT-trained adapters on held-out HaluEval dev lines: HALT's figures, greedy decoding.
 
-Every model answers the same grounded prompts (evals.prompts) greedily in one batched engine
+Every model answers the same grounded prompts (groundedqa.prompts) greedily in one batched engine
 run (engine.offline). Each response's content (without the truncation marker) is verified
 against the item's knowledge (verify.verifier) and split into judged fragments
 (halt.fragments: wrong when a claim is unsupported, or when the response lacks the gold answer
@@ -11,12 +11,12 @@ and the fragment is the first). Figures (halt.metrics, plain means over items):
 - F1            harmonic mean of the two;
 - answered      share of responses that state at least one fragment (not a bare marker);
 - truncated     share of responses that end with the truncation marker;
-- gold          share of responses containing the normalised gold answer (evals.metrics).
+- gold          share of responses containing the normalised gold answer (groundedqa.metrics).
 
 An entry is a LoRA adapter applied to the base model, or a whole model folder (one with a
 config.json, e.g. BALTO merged by `guardserve balto export`, then a HALT adapter trained on it
 merged the same way), so BALTO and BALTO followed by HALT are judged against the same base.
-Gold in answer comes with a 95% percentile-bootstrap interval (evals.metrics). The evaluation
+Gold in answer comes with a 95% percentile-bootstrap interval (groundedqa.metrics). The evaluation
 lines must not overlap an entry's training lines (checked from its training.json); only dev
 lines are used.
 
@@ -39,9 +39,9 @@ from engine.model_runner import ModelRunner, pick_device
 from engine.model_store import BASE_MODEL, resolve_model
 from engine.offline import sample_responses
 from engine.sampling import SamplingParams
-from evals.halueval import HaluEvalItem, load_halueval
-from evals.metrics import bootstrap_interval, gold_in_answer, mean
-from evals.prompts import grounded_prompt_ids
+from groundedqa.halueval import HaluEvalItem, load_dev_lines
+from groundedqa.metrics import bootstrap_interval, gold_in_answer, mean
+from groundedqa.prompts import grounded_prompt_ids
 from halt.fragments import Fragment, is_truncated, judge_fragments, stated_content
 from halt.metrics import halt_figures
 from verify.verifier import Verifier
@@ -142,7 +142,7 @@ def main() -> None:
 
     model_dir = resolve_model(args.model, args.cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    items = load_halueval("dev", limit=last)[args.first_line - 1 :]
+    items = load_dev_lines(args.first_line, last)
     prompts = [grounded_prompt_ids(tokenizer, i.knowledge, i.question) for i in items]
     verifier = Verifier()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from evals.datasets import HALUEVAL, load_items
 from evals.harness import EvalSettings, run_requests, score_responses
 from evals.report import (
     RESPONSES,
@@ -23,6 +22,7 @@ from evals.report import (
     risk_coverage_png,
     write_run,
 )
+from groundedqa.datasets import HALUEVAL, load_items
 from verify.verifier import Verifier
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"

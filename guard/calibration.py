@@ -14,7 +14,7 @@ from typing import Any, Self
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
-from evals.halueval import DEV_LAST_LINE
+from groundedqa.halueval import check_dev_lines
 from guard.config import ChainChoice, GuardConfig
 
 HALUEVAL = "halueval"
@@ -176,11 +176,8 @@ class GuardCalibration(ChainSetting):
             raise ValueError(f"tau_low ({self.tau_low}) must be <= tau_high ({self.tau_high})")
         if self.first_line > self.last_line:
             raise ValueError(f"lines {self.first_line}-{self.last_line} are not a range")
-        if self.dataset == HALUEVAL and self.last_line > DEV_LAST_LINE:
-            raise ValueError(
-                f"calibrated on HaluEval lines up to {self.last_line}: only development lines "
-                f"1-{DEV_LAST_LINE} may be used"
-            )
+        if self.dataset == HALUEVAL:
+            check_dev_lines(self.first_line, self.last_line)
         return self
 
     def guard_options(self) -> dict[str, Any]:

@@ -25,9 +25,9 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from engine.model_runner import ModelRunner
 from engine.offline import sample_responses
 from engine.sampling import SamplingParams
-from evals.halueval import HaluEvalItem, load_halueval
-from evals.metrics import gold_in_answer
-from evals.prompts import grounded_prompt_ids
+from groundedqa.halueval import HaluEvalItem, load_halueval
+from groundedqa.metrics import gold_in_answer
+from groundedqa.prompts import grounded_prompt_ids
 from guard.probe import HallucinationProbe, ProbeFit
 
 logger = logging.getLogger(__name__)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from evals.halueval import DEV_LAST_LINE
+from groundedqa.halueval import DevLineWindow
 from halt.fragments import Boundary
 from halt.targets import Mode
 
 
-class DataConfig(BaseModel):
+class DataConfig(DevLineWindow):
     """`halt build-data`: K sampled answers per HaluEval dev question, judged by fragment."""
 
     model_config = ConfigDict(extra="forbid")
@@ -24,8 +24,6 @@ class DataConfig(BaseModel):
     )
     out: Path = Field(Path("halt-data"), description="Folder for data.jsonl and data.json.")
 
-    first_line: int = Field(1, ge=1, le=DEV_LAST_LINE, description="First HaluEval dev line.")
-    limit: int = Field(4000, ge=1, description="Questions (dev lines) from first_line on.")
     max_prompt_tokens: int = Field(448, ge=8, description="Longer prompts are skipped.")
 
     samples: int = Field(4, ge=1, description="Answers sampled per question (K).")
@@ -38,15 +36,6 @@ class DataConfig(BaseModel):
     seed: int = Field(0, description="Seed of sampling.")
     device: str = Field("auto", description="auto, cpu or cuda:N; sampling runs in float32.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch default.")
-
-    @model_validator(mode="after")
-    def _check(self) -> DataConfig:
-        if self.first_line + self.limit - 1 > DEV_LAST_LINE:
-            raise ValueError(
-                f"lines {self.first_line}-{self.first_line + self.limit - 1} reach past the "
-                f"HaluEval dev split (1-{DEV_LAST_LINE})"
-            )
-        return self
 
 
 class TrainConfig(BaseModel):

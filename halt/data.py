@@ -22,9 +22,9 @@ from transformers import PreTrainedTokenizerBase
 from engine.model_runner import ModelRunner
 from engine.offline import sample_responses
 from engine.sampling import SamplingParams
-from evals.halueval import HaluEvalItem, load_halueval
-from evals.metrics import gold_in_answer
-from evals.prompts import grounded_prompt_ids
+from groundedqa.halueval import HaluEvalItem, load_dev_lines
+from groundedqa.metrics import gold_in_answer
+from groundedqa.prompts import grounded_prompt_ids
 from halt.config import DataConfig
 from halt.fragments import Boundary, JudgedResponse, judge_fragments, stated_content
 from halt.targets import Mode, choose_target
@@ -132,8 +132,7 @@ def build_dataset(config: DataConfig, verify: VerifyFn | None = None, command: s
     base_name = config.model or BASE_MODEL
     model_path = resolve_model(base_name, config.cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-    last = config.first_line + config.limit - 1
-    items = load_halueval("dev", limit=last)[config.first_line - 1 :]
+    items = load_dev_lines(config.first_line, config.last_line)
     prompts = [grounded_prompt_ids(tokenizer, i.knowledge, i.question) for i in items]
     fits = [len(p) <= config.max_prompt_tokens for p in prompts]
     kept = [(i, p) for i, p, ok in zip(items, prompts, fits, strict=True) if ok]
@@ -171,7 +170,7 @@ def build_dataset(config: DataConfig, verify: VerifyFn | None = None, command: s
         "data": {
             "dataset": "halueval_qa",
             "split": "dev",
-            "lines": [config.first_line, last],
+            "lines": [config.first_line, config.last_line],
             "skipped_long_prompts": len(items) - len(kept),
         },
         "seconds": round(time.perf_counter() - start, 1),

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from evals.harness import TRUNCATION_MARKER
+from guard.config import TRUNCATION_MARKER
 from halt.fragments import JudgedResponse, stated_content
 
 Mode = Literal["cut", "drop"]

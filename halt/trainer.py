@@ -1,7 +1,7 @@
 """HALT trainer: LoRA SFT on grounded prompts and capability-aligned targets, a JSONL step log.
 
 Each question of a `build-data` folder gives one example: its grounded prompt
-(evals.prompts) and the target built from the model's own judged answers at the configured
+(groundedqa.prompts) and the target built from the model's own judged answers at the configured
 threshold and mode (halt.targets), followed by an end token. The loss is the mean
 cross-entropy over target tokens only (prompt and padding positions carry the label -100);
 AdamW updates the LoRA weights (peft) over seeded shuffles of the examples for a few epochs.
@@ -25,7 +25,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from engine.model_runner import pick_device
-from evals.prompts import grounded_prompt_ids
+from groundedqa.prompts import grounded_prompt_ids
 from halt.config import TrainConfig
 from halt.data import SUMMARY_FILE as DATA_SUMMARY_FILE
 from halt.data import ItemSamples, load_dataset

@@ -18,10 +18,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from evals.cli import add_eval_parser, main
-from evals.datasets import EvalItem, load_halueval_dev, load_jsonl
 from evals.harness import Completion, score_response
-from evals.prompts import SYSTEM_PROMPT
 from evals.report import read_records, read_summary
+from groundedqa.datasets import EvalItem, load_halueval_dev, load_jsonl
+from groundedqa.prompts import SYSTEM_PROMPT
 from verify.verifier import Verifier
 
 DELAY_S = 0.05

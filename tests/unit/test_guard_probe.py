@@ -10,7 +10,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from engine.model_runner import ModelRunner
-from evals.halueval import HaluEvalItem
+from groundedqa.halueval import HaluEvalItem
 from guard.probe import PROBE_FILE, GuardAssets, HallucinationProbe, find_guard_dir
 from guard.probe_fit import AnswerStates, answer_states, sweep
 
