@@ -7,7 +7,7 @@ import sys
 
 from balto.cli import add_balto_parser
 from evals.cli import add_eval_parser
-from guard.cli import add_guard_parser
+from guardfit.cli import add_guard_parser
 from guardserve import __version__
 from halt.cli import add_halt_parser
 from server.cli import add_serve_parser

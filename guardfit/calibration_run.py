@@ -26,19 +26,18 @@ from engine.sampling import SamplingParams
 from groundedqa.halueval import HaluEvalItem, load_dev_lines
 from groundedqa.metrics import gold_in_answer
 from groundedqa.prompts import grounded_messages, grounded_prompt_ids
-from guard.calibration import (
-    ChainSetting,
-    GuardCalibration,
-    SettingResult,
-    best_threshold,
-    calibrate,
-    threshold_for_budget,
-)
+from guard.calibration import ChainSetting, GuardCalibration
 from guard.chains import pick_chain
 from guard.config import GuardConfig, SegmentEvidence
 from guard.guarded_sequence import GuardedSequence
 from guard.probe import HallucinationProbe
 from guard.report import GuardReport
+from guardfit.calibration import (
+    SettingResult,
+    best_threshold,
+    calibrate,
+    threshold_for_budget,
+)
 from verify.claims import without_questions
 from verify.verifier import Verifier, VerifierConfig
 

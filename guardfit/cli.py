@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import get_args
 
 from engine.model_store import DEFAULT_MODEL, resolve_model
+from groundedqa.halueval import check_dev_lines
 from guard.calibration import ChainSetting
 from guard.config import ChainChoice
 from guard.probe import PROBE_FILE, PROBES_DIR
@@ -18,8 +19,10 @@ def _lines(text: str) -> tuple[int, int]:
     """'FIRST-LAST' (1-based, inclusive) as a pair, within HaluEval's development lines."""
     first, _, last = text.partition("-")
     span = (int(first), int(last or first))
-    if not 1 <= span[0] <= span[1] <= 8000:
-        raise argparse.ArgumentTypeError(f"{text}: development lines are 1-8000")
+    try:
+        check_dev_lines(*span)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
     return span
 
 
@@ -133,7 +136,7 @@ def _guard_dir(args: argparse.Namespace) -> Path:
 
 def run_fit_probe(args: argparse.Namespace) -> int:
     """Fit, report the AUROC figures, save the probe."""
-    from guard.probe_fit import fit_probe
+    from guardfit.probe_fit import fit_probe
 
     logging.basicConfig(level=logging.INFO)
     model_dir = resolve_model(args.model, args.cache_dir)
@@ -157,7 +160,7 @@ def run_fit_probe(args: argparse.Namespace) -> int:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     """Decode the lines under each setting and save the calibration beside the probe."""
-    from guard.calibration_run import DEFAULT_GRID, run_calibration
+    from guardfit.calibration_run import DEFAULT_GRID, run_calibration
 
     logging.basicConfig(level=logging.INFO)
     model_dir = resolve_model(args.model, args.cache_dir)
