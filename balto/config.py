@@ -9,6 +9,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from balto.advantages import AdvantageMethod
 from balto.loss import Normalizer
+from finetune.config import LoraSettings, RunSettings
 from groundedqa.halueval import DevLineWindow
 
 _FACTUAL_METHODS = {
@@ -19,7 +20,7 @@ _FACTUAL_METHODS = {
 }
 
 
-class TrainConfig(DevLineWindow):
+class TrainConfig(DevLineWindow, RunSettings, LoraSettings):
     """One training run: data, rollouts, advantage scheme, optimisation and parameterisation.
 
     Each step samples ``group_size`` responses for each of ``prompts_per_step`` prompts, labels
@@ -29,12 +30,6 @@ class TrainConfig(DevLineWindow):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(
-        None, description="HF folder, .gguf or model name; None: base SmolLM2-135M-Instruct."
-    )
-    cache_dir: str | None = Field(
-        None, description="Where models are prepared; None: $GUARDSERVE_CACHE or ~/.cache."
-    )
     out: Path = Field(Path("balto-run"), description="Run folder for the adapter and logs.")
 
     data: Literal["halueval"] = Field("halueval", description="Training prompts.")
@@ -113,12 +108,6 @@ class TrainConfig(DevLineWindow):
         description="Go on training this LoRA adapter (None: a fresh one); the logged KL stays "
         "measured against the base model.",
     )
-    lora_r: int = Field(8, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(16, ge=1, description="LoRA scaling alpha.")
-    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
-    lora_target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "v_proj"], description="Modules LoRA adapts."
-    )
 
     rollout_engine: Literal["compact", "transformers"] = Field(
         "compact",
@@ -134,7 +123,6 @@ class TrainConfig(DevLineWindow):
 
     seed: int = Field(0, description="Seed of sampling and initialisation.")
     device: str = Field("auto", description="auto, cpu or cuda:N; training runs in float32.")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch default.")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from balto.trainer import SUMMARY_FILE  # halt's trainer writes the same file
+from finetune.run import SUMMARY_FILE
 from groundedqa.halueval import check_dev_lines
 
 
