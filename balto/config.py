@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from balto.advantages import AdvantageMethod
-from balto.loss import Normalizer
 from finetune.config import LoraSettings, RunSettings
 from groundedqa.halueval import DevLineWindow
+
+if TYPE_CHECKING:
+    from balto.loss import Normalizer
+
+
+class AdvantageMethod(StrEnum):
+    """Advantage schemes: BALTO, the response-level GRPO baselines, FSPO and the PA ablations."""
+
+    BALTO = "balto"
+    GRPO_B = "grpo_b"
+    GRPO_D = "grpo_d"
+    FSPO = "fspo"
+    PA0 = "pa0"
+    PA03 = "pa0.3"
+    PA1 = "pa1"
+
 
 _FACTUAL_METHODS = {
     AdvantageMethod.BALTO,
@@ -39,7 +54,9 @@ class TrainConfig(DevLineWindow, RunSettings, LoraSettings):
     prompts_per_step: int = Field(4, ge=1, description="Prompts sampled per step.")
     group_size: int = Field(8, ge=2, description="Responses sampled per prompt (G).")
     mini_batch_prompts: int | None = Field(
-        2, ge=1, description="Prompts per optimizer update; None: all prompts of a step."
+        2,
+        ge=1,
+        description="Prompts per optimizer update (None, in a config: all prompts of a step).",
     )
     epochs: int = Field(1, ge=1, description="Passes over each step's rollouts.")
 
@@ -105,8 +122,8 @@ class TrainConfig(DevLineWindow, RunSettings, LoraSettings):
     full: bool = Field(False, description="Full fine-tuning instead of LoRA.")
     init_adapter: Path | None = Field(
         None,
-        description="Go on training this LoRA adapter (None: a fresh one); the logged KL stays "
-        "measured against the base model.",
+        description="Go on training this LoRA adapter (the logged KL stays measured against the "
+        "base model); None: a fresh one.",
     )
 
     rollout_engine: Literal["compact", "transformers"] = Field(
@@ -118,7 +135,10 @@ class TrainConfig(DevLineWindow, RunSettings, LoraSettings):
         0, ge=0, description="Processes that run the verifier labeller; 0: in this process."
     )
     max_seconds: float | None = Field(
-        None, gt=0.0, description="Stop after the step that passes this many seconds, then save."
+        None,
+        gt=0.0,
+        description="Stop after the step that passes this many seconds, then save; None: run "
+        "every step.",
     )
 
     seed: int = Field(0, description="Seed of sampling and initialisation.")

@@ -14,9 +14,12 @@ class RunSettings(BaseModel):
         None, description="HF folder, .gguf or model name; None: base SmolLM2-135M-Instruct."
     )
     cache_dir: str | None = Field(
-        None, description="Where models are prepared; None: $GUARDSERVE_CACHE or ~/.cache."
+        None,
+        description="Where models are prepared; None: $GUARDSERVE_CACHE, else ~/.cache/guardserve.",
     )
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch default.")
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads; None: torch's own count."
+    )
 
 
 class LoraSettings(BaseModel):

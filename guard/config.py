@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from verify.verifier import Verification
+if TYPE_CHECKING:
+    from verify.verifier import Verification
 
 MAX_CANDIDATES = 16
 # Ends a truncated (HALT-style) answer by default; HALT's training targets end with it too.

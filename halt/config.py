@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ConfigDict, Field
 
 from finetune.config import LoraSettings, RunSettings
 from groundedqa.halueval import DevLineWindow
-from halt.fragments import Boundary
-from halt.targets import Mode
+
+Boundary = Literal["sentence", "clause"]  # what ends a fragment (halt.fragments)
+Mode = Literal["cut", "drop"]  # how a target leaves out fragments (halt.targets)
 
 
 class DataConfig(DevLineWindow, RunSettings):

@@ -24,9 +24,9 @@ from finetune.run import halueval_lines, resolve_base, write_summary
 from groundedqa.halueval import HaluEvalItem, load_dev_lines
 from groundedqa.metrics import gold_in_answer
 from groundedqa.prompts import grounded_prompt_ids
-from halt.config import DataConfig
-from halt.fragments import Boundary, JudgedResponse, judge_fragments, stated_content
-from halt.targets import Mode, choose_target
+from halt.config import Boundary, DataConfig, Mode
+from halt.fragments import JudgedResponse, judge_fragments, stated_content
+from halt.targets import choose_target
 from verify.verifier import Verification, Verifier
 
 DATA_FILE = "data.jsonl"

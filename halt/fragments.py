@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Literal
 
 from pydantic import BaseModel
 
 from groundedqa.metrics import gold_in_answer
 from guard.config import TRUNCATION_MARKER
+from halt.config import Boundary
 from verify.verifier import ClaimVerdict, Verification
-
-Boundary = Literal["sentence", "clause"]
 
 _CUTS: dict[Boundary, re.Pattern[str]] = {
     "sentence": re.compile(r"[.!?](?=\s)|\n"),

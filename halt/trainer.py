@@ -37,10 +37,10 @@ from finetune.run import (
     write_summary,
 )
 from groundedqa.prompts import grounded_prompt_ids
-from halt.config import TrainConfig
+from halt.config import Mode, TrainConfig
 from halt.data import SUMMARY_FILE as DATA_SUMMARY_FILE
 from halt.data import ItemSamples, load_dataset
-from halt.targets import Mode, Target, choose_target
+from halt.targets import Target, choose_target
 
 TARGETS_FILE = "targets.jsonl"
 IGNORE_INDEX = -100  # the label transformers' loss skips

@@ -14,7 +14,7 @@ from engine.sampling import SamplingParams
 from groundedqa.halueval import HaluEvalItem
 from groundedqa.metrics import gold_in_answer
 from guardserve.cli import build_parser
-from halt.cli import data_config, train_config
+from guardserve.commands.halt import data_config, train_config
 from halt.config import DataConfig, TrainConfig
 from halt.data import (
     DATA_FILE,
