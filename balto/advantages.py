@@ -1,24 +1,12 @@
 """Token-level advantages for BALTO and the baselines it is compared with (seed 003, §3 and §5)."""
 
-from enum import StrEnum
-
 import torch
+
+from balto.config import AdvantageMethod
 
 HALLUCINATED = -1
 NEUTRAL = 0
 FAITHFUL = 1
-
-
-class AdvantageMethod(StrEnum):
-    """Advantage schemes: BALTO, the response-level GRPO baselines, FSPO and the PA ablations."""
-
-    BALTO = "balto"
-    GRPO_B = "grpo_b"
-    GRPO_D = "grpo_d"
-    FSPO = "fspo"
-    PA0 = "pa0"
-    PA03 = "pa0.3"
-    PA1 = "pa1"
 
 
 _FIXED_POSITIVE = {AdvantageMethod.PA0: 0.0, AdvantageMethod.PA03: 0.3, AdvantageMethod.PA1: 1.0}

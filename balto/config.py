@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from balto.advantages import AdvantageMethod
-from balto.loss import Normalizer
-from evals.halueval import DEV_LAST_LINE
+from finetune.config import LoraSettings, RunSettings
+from groundedqa.halueval import DevLineWindow
+
+if TYPE_CHECKING:
+    from balto.loss import Normalizer
+
+
+class AdvantageMethod(StrEnum):
+    """Advantage schemes: BALTO, the response-level GRPO baselines, FSPO and the PA ablations."""
+
+    BALTO = "balto"
+    GRPO_B = "grpo_b"
+    GRPO_D = "grpo_d"
+    FSPO = "fspo"
+    PA0 = "pa0"
+    PA03 = "pa0.3"
+    PA1 = "pa1"
+
 
 _FACTUAL_METHODS = {
     AdvantageMethod.BALTO,
@@ -19,7 +35,7 @@ _FACTUAL_METHODS = {
 }
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(DevLineWindow, RunSettings, LoraSettings):
     """One training run: data, rollouts, advantage scheme, optimisation and parameterisation.
 
     Each step samples ``group_size`` responses for each of ``prompts_per_step`` prompts, labels
@@ -29,24 +45,18 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(
-        None, description="HF folder, .gguf or model name; None: base SmolLM2-135M-Instruct."
-    )
-    cache_dir: str | None = Field(
-        None, description="Where models are prepared; None: $GUARDSERVE_CACHE or ~/.cache."
-    )
     out: Path = Field(Path("balto-run"), description="Run folder for the adapter and logs.")
 
     data: Literal["halueval"] = Field("halueval", description="Training prompts.")
-    first_line: int = Field(1, ge=1, le=DEV_LAST_LINE, description="First HaluEval dev line.")
-    limit: int = Field(4000, ge=1, description="Prompts (dev lines) from first_line on.")
     max_prompt_tokens: int = Field(448, ge=8, description="Longer prompts are skipped.")
 
     steps: int = Field(20, ge=1, description="Training steps.")
     prompts_per_step: int = Field(4, ge=1, description="Prompts sampled per step.")
     group_size: int = Field(8, ge=2, description="Responses sampled per prompt (G).")
     mini_batch_prompts: int | None = Field(
-        2, ge=1, description="Prompts per optimizer update; None: all prompts of a step."
+        2,
+        ge=1,
+        description="Prompts per optimizer update (None, in a config: all prompts of a step).",
     )
     epochs: int = Field(1, ge=1, description="Passes over each step's rollouts.")
 
@@ -112,14 +122,8 @@ class TrainConfig(BaseModel):
     full: bool = Field(False, description="Full fine-tuning instead of LoRA.")
     init_adapter: Path | None = Field(
         None,
-        description="Go on training this LoRA adapter (None: a fresh one); the logged KL stays "
-        "measured against the base model.",
-    )
-    lora_r: int = Field(8, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(16, ge=1, description="LoRA scaling alpha.")
-    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
-    lora_target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "v_proj"], description="Modules LoRA adapts."
+        description="Go on training this LoRA adapter (the logged KL stays measured against the "
+        "base model); None: a fresh one.",
     )
 
     rollout_engine: Literal["compact", "transformers"] = Field(
@@ -131,20 +135,17 @@ class TrainConfig(BaseModel):
         0, ge=0, description="Processes that run the verifier labeller; 0: in this process."
     )
     max_seconds: float | None = Field(
-        None, gt=0.0, description="Stop after the step that passes this many seconds, then save."
+        None,
+        gt=0.0,
+        description="Stop after the step that passes this many seconds, then save; None: run "
+        "every step.",
     )
 
     seed: int = Field(0, description="Seed of sampling and initialisation.")
     device: str = Field("auto", description="auto, cpu or cuda:N; training runs in float32.")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch default.")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        if self.first_line + self.limit - 1 > DEV_LAST_LINE:
-            raise ValueError(
-                f"lines {self.first_line}-{self.first_line + self.limit - 1} reach past the "
-                f"HaluEval dev split (1-{DEV_LAST_LINE})"
-            )
         if self.full and self.init_adapter is not None:
             raise ValueError("init_adapter continues a LoRA adapter; it does not apply with full")
         if self.length_buffer >= self.max_new_tokens:

@@ -6,8 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from balto.trainer import SUMMARY_FILE
 from engine.model_store import merge_adapter, resolve_model
+from finetune.run import SUMMARY_FILE
 
 
 def adapter_base(adapter_dir: Path) -> str:

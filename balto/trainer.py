@@ -11,16 +11,14 @@ the full model (a frozen copy is the reference).
 from __future__ import annotations
 
 import copy
-import json
 import random
 import sys
 import time
 from collections.abc import Sequence as SequenceOf
-from importlib.metadata import version
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -50,11 +48,20 @@ from balto.rollout import (
 from balto.rollout_policy import RolloutPolicy
 from engine.model_runner import ModelRunner, pick_device
 from engine.sampling import SamplingParams
-from evals.metrics import gold_in_answer
-from evals.prompts import grounded_prompt_ids
-
-LOG_FILE = "train_log.jsonl"
-SUMMARY_FILE = "training.json"
+from finetune.run import (
+    LOG_FILE,
+    SUMMARY_FILE,
+    append_log,
+    halueval_lines,
+    load_float32,
+    lora_model,
+    resolve_base,
+    save_adapter,
+    trained_with,
+    write_summary,
+)
+from groundedqa.metrics import gold_in_answer
+from groundedqa.prompts import grounded_prompt_ids
 
 
 class StepLog(BaseModel):
@@ -131,9 +138,9 @@ def halueval_prompts(
     Returns the prompts (key: the line number) and how many were skipped for being longer
     than ``max_prompt_tokens``.
     """
-    from evals.halueval import load_halueval
+    from groundedqa.halueval import load_dev_lines
 
-    items = load_halueval("dev", limit=first_line - 1 + limit)[first_line - 1 :]
+    items = load_dev_lines(first_line, first_line + limit - 1)
     prompts = [
         Prompt(
             grounded_prompt_ids(tokenizer, item.knowledge, item.question),
@@ -185,14 +192,7 @@ class BaltoTrainer:
                 self.lm, str(config.init_adapter), is_trainable=True
             )
         else:
-            lora = LoraConfig(
-                r=config.lora_r,
-                lora_alpha=config.lora_alpha,
-                lora_dropout=config.lora_dropout,
-                target_modules=list(config.lora_target_modules),
-                task_type="CAUSAL_LM",
-            )
-            self.peft = get_peft_model(self.lm, lora)
+            self.peft = lora_model(self.lm, config)
         self.trainable = [p for p in self.lm.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.trainable, lr=config.lr, weight_decay=config.weight_decay
@@ -400,9 +400,7 @@ class BaltoTrainer:
             label_seconds=label_seconds,
         )
         self.step_index += 1
-        if self.log_path is not None:
-            with self.log_path.open("a", encoding="utf-8") as handle:
-                handle.write(log.model_dump_json() + "\n")
+        append_log(self.log_path, log)
         return log
 
     def train(self) -> list[StepLog]:
@@ -425,20 +423,12 @@ class BaltoTrainer:
 
         ``base_model`` (a model name or folder) is recorded as the adapter's base model.
         """
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if self.peft is None:
-            self.lm.save_pretrained(out_dir)
-            self.tokenizer.save_pretrained(out_dir)
+        if self.peft is not None:
+            save_adapter(self.peft, out_dir, base_model)
             return
-        card = out_dir / "README.md"
-        had_card = card.exists()
-        self.peft.save_pretrained(out_dir)
-        if not had_card:
-            card.unlink(missing_ok=True)  # peft's empty model-card template
-        config_path = out_dir / "adapter_config.json"
-        adapter_config = json.loads(config_path.read_text())
-        adapter_config["base_model_name_or_path"] = base_model
-        config_path.write_text(json.dumps(adapter_config, indent=2) + "\n")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.lm.save_pretrained(out_dir)
+        self.tokenizer.save_pretrained(out_dir)
 
 
 def run_training(config: TrainConfig, labeller: Labeller | None = None, command: str = "") -> Path:
@@ -446,18 +436,8 @@ def run_training(config: TrainConfig, labeller: Labeller | None = None, command:
 
     ``command`` (the command line that started the run) is recorded in the summary.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from engine.model_store import BASE_MODEL, resolve_model
-
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    base_name = config.model or BASE_MODEL
-    model_path = resolve_model(base_name, config.cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-    model = AutoModelForCausalLM.from_pretrained(
-        str(model_path), dtype=torch.float32, attn_implementation="sdpa"
-    )
+    base_name, model_path, tokenizer = resolve_base(config)
+    model = load_float32(model_path)
     prompts, skipped = halueval_prompts(
         tokenizer, config.first_line, config.limit, config.max_prompt_tokens
     )
@@ -476,24 +456,21 @@ def run_training(config: TrainConfig, labeller: Labeller | None = None, command:
             labeller.close()
     seconds = time.perf_counter() - start
     trainer.save(config.out, base_name if config.model is None else str(model_path))
-    summary = {
-        "command": command,
-        "config": config.model_dump(mode="json"),
-        "base_model": base_name,
-        "data": {
-            "dataset": "halueval_qa",
-            "split": "dev",
-            "lines": [config.first_line, config.first_line + config.limit - 1],
-            "skipped_long_prompts": skipped,
-            "lines_trained": sorted({int(k) for k in trainer.used_keys}),
-        },
-        "steps": len(logs),
-        "updates": sum(log.updates for log in logs),
-        "seconds": round(seconds, 1),
-        "device": str(trainer.runner.device),
-        "rollout_forward": trainer.runner.backend,
-        "torch_threads": torch.get_num_threads(),
-        "versions": {"torch": torch.__version__, "peft": version("peft")},
+    data = {
+        **halueval_lines(config.first_line, config.last_line, skipped),
+        "lines_trained": sorted({int(k) for k in trainer.used_keys}),
     }
-    (config.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    write_summary(
+        config.out / SUMMARY_FILE,
+        command,
+        config,
+        base_name,
+        data,
+        steps=len(logs),
+        updates=sum(log.updates for log in logs),
+        seconds=round(seconds, 1),
+        device=str(trainer.runner.device),
+        rollout_forward=trainer.runner.backend,
+        **trained_with(),
+    )
     return config.out

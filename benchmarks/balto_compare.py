@@ -1,9 +1,9 @@
 """Base vs GRPO_D- vs BALTO-trained adapters on held-out HaluEval dev prompts, greedy decoding.
 
-Every model answers the same grounded prompts (evals.prompts) with greedy decoding, batched in
+Every model answers the same grounded prompts (groundedqa.prompts) with greedy decoding, batched in
 one engine run per model. Two judges, as in evals.report:
 
-- gold in answer   the normalised gold answer occurs in the response (evals.metrics);
+- gold in answer   the normalised gold answer occurs in the response (groundedqa.metrics);
 - verifier         each response's claims are checked against the item's knowledge
                    (verify.verifier): hallucination = share of responses with at least one
                    unsupported claim, Faith. = 1 - that, Info. = share with at least as many
@@ -23,27 +23,18 @@ lines must not overlap the lines an adapter was trained on (checked); only dev l
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import time
 from functools import partial
 from pathlib import Path
 
-import torch
-from peft import PeftModel
 from pydantic import BaseModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from balto.rollout import Prompt, sample_groups
-from balto.trainer import LOG_FILE
 from benchmarks.balto_curves import GradNormSummary, grad_norm_summary, read_log, summary_table
-from benchmarks.held_out import held_out_lines, parse_entries
-from engine.model_runner import ModelRunner, pick_device
-from engine.model_store import BASE_MODEL, resolve_model
-from engine.sampling import SamplingParams
-from evals import metrics
-from evals.halueval import HaluEvalItem, load_halueval
-from evals.prompts import grounded_prompt_ids
+from benchmarks.compare import Comparison, comparison_parser
+from engine.model_runner import pick_device
+from finetune.run import LOG_FILE
+from groundedqa import metrics
+from groundedqa.halueval import HaluEvalItem
 from verify.verifier import Verifier
 
 JUDGED_BY = {
@@ -75,52 +66,10 @@ class ItemRow(BaseModel):
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=BASE_MODEL, help="base model (name, folder, .gguf)")
-    parser.add_argument(
-        "--adapter", action="append", default=[], metavar="NAME=DIR", help="adapter to compare"
-    )
-    parser.add_argument("--first-line", type=int, default=4001)
-    parser.add_argument("--limit", type=int, default=400)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=32, help="sequences decoded together")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser = comparison_parser(__doc__.splitlines()[0], 64, Path("runs/balto_compare"))
     parser.add_argument("--resamples", type=int, default=metrics.BOOTSTRAP_RESAMPLES)
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--out", type=Path, default=Path("runs/balto_compare"))
     return parser.parse_args()
-
-
-def generate(
-    model_dir: Path,
-    adapter_dir: Path | None,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[Prompt],
-    max_new_tokens: int,
-    batch: int,
-    device: str,
-) -> list[tuple[str, int]]:
-    """Greedy responses (text, generated tokens) of the base model, the adapter merged in."""
-    model = AutoModelForCausalLM.from_pretrained(
-        str(model_dir), dtype=torch.float32, attn_implementation="sdpa"
-    )
-    if adapter_dir is not None:
-        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    model = model.to(pick_device(device)).requires_grad_(False)
-    runner = ModelRunner(
-        model,
-        num_slots=batch,
-        max_model_len=max(len(p.ids) for p in prompts) + max_new_tokens,
-        max_candidates=1,
-    )
-    params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0)
-    groups = sample_groups(runner, tokenizer, prompts, params, group_size=1, seed=0)
-    return [
-        (tokenizer.decode(g[0].output_ids, skip_special_tokens=True).strip(), len(g[0].output_ids))
-        for g in groups
-    ]
 
 
 def score(
@@ -243,45 +192,30 @@ def markdown_table(results: dict[str, dict]) -> str:
 
 def main() -> None:
     args = parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    adapters = parse_entries(args.adapter)
-    last = held_out_lines(args.first_line, args.limit, adapters)[-1]
-
-    model_dir = resolve_model(args.model, args.cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    items = load_halueval("dev", limit=last)[args.first_line - 1 :]
-    prompts = [
-        Prompt(grounded_prompt_ids(tokenizer, i.knowledge, i.question), i.knowledge, str(i.line))
-        for i in items
-    ]
+    comparison = Comparison.start(args)
     verifier = Verifier()
-    args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     training: dict[str, GradNormSummary] = {}
     base_rows: list[ItemRow] = []
-    for name, adapter in [("base", None), *adapters.items()]:
-        started = time.perf_counter()
-        outputs = generate(
-            model_dir, adapter, tokenizer, prompts, args.max_new_tokens, args.batch, args.device
-        )
-        generated = time.perf_counter() - started
-        rows = score(items, outputs, verifier)
+    for answers in comparison.answers():
+        name, adapter = answers.name, answers.entry
+        outputs = list(zip(answers.texts, answers.tokens, strict=True))
+        rows = score(comparison.items, outputs, verifier)
         base_rows = base_rows or rows
         results[name] = {
             **figures(rows, base_rows, args.resamples, args.seed),
-            "generate_seconds": round(generated, 1),
+            "generate_seconds": round(answers.seconds, 1),
         }
         if adapter is not None:
             results[name]["vs_base"] = versus_base(rows, base_rows, args.resamples, args.seed)
         if adapter is not None and (adapter / LOG_FILE).exists():
             training[name] = grad_norm_summary(read_log(adapter))
-        with (args.out / f"{name}.jsonl").open("w", encoding="utf-8") as handle:
-            handle.writelines(row.model_dump_json() + "\n" for row in rows)
-        print(f"{name}: generated in {generated:.1f} s", flush=True)
+        comparison.write_rows(name, (row.model_dump_json() for row in rows))
+        print(f"{name}: generated in {answers.seconds:.1f} s", flush=True)
+    first, last = comparison.lines
     report = {
-        "lines": [args.first_line, last],
-        "n": len(items),
+        "lines": [first, last],
+        "n": len(comparison.items),
         "max_new_tokens": args.max_new_tokens,
         "device": str(pick_device(args.device)),
         "bootstrap": {
@@ -291,21 +225,19 @@ def main() -> None:
             "seed": args.seed,
         },
         "judged_by": JUDGED_BY,
-        "adapters": {k: str(v) for k, v in adapters.items()},
+        "adapters": {k: str(v) for k, v in comparison.entries.items()},
         "results": results,
         "training_grad_norm": {k: v.model_dump() for k, v in training.items()},
     }
-    (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     table = (
-        f"HaluEval dev lines {args.first_line}-{last} (n={len(items)}), greedy, "
+        f"HaluEval dev lines {first}-{last} (n={len(comparison.items)}), greedy, "
         f"{args.max_new_tokens} new tokens; 95% percentile-bootstrap intervals "
         f"({args.resamples} resamples, paired against base for Δ and ratio).\n\n"
         + markdown_table(results)
     )
     if training:
         table += "\n\nTraining gradient norms (steps with an update):\n\n" + summary_table(training)
-    (args.out / "results.md").write_text(table + "\n")
-    print(table)
+    comparison.write_report(report, table, "results.md")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
-from balto.trainer import LOG_FILE, StepLog
+from balto.trainer import StepLog
+from finetune.run import LOG_FILE
 
 PANELS = (
     ("reward", "Reward (share of supported claims)"),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from balto.trainer import SUMMARY_FILE  # halt's trainer writes the same file
-from evals.halueval import DEV_LAST_LINE
+from finetune.run import SUMMARY_FILE
+from groundedqa.halueval import check_dev_lines
 
 
 def parse_entries(specs: list[str]) -> dict[str, Path]:
@@ -24,8 +24,10 @@ def held_out_lines(first_line: int, limit: int, entries: dict[str, Path]) -> ran
     """Lines ``first_line .. first_line + limit - 1``; stops the benchmark when they reach the
     reserved release lines or any entry was trained on one of them."""
     last = first_line + limit - 1
-    if last > DEV_LAST_LINE:
-        raise SystemExit(f"lines past {DEV_LAST_LINE} are reserved for release evaluation")
+    try:
+        check_dev_lines(first_line, last)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
     lines = range(first_line, last + 1)
     for name, path in entries.items():
         if overlap := set(lines) & trained_lines(path):

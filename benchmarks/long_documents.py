@@ -23,8 +23,8 @@ from transformers import AutoTokenizer
 
 from benchmarks.launcher import serve
 from engine.model_store import DEFAULT_MODEL, resolve_model
-from evals.halueval import HaluEvalItem, load_halueval
-from evals.prompts import grounded_messages
+from groundedqa.halueval import HaluEvalItem, load_halueval
+from groundedqa.prompts import grounded_messages
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_score, recall_score
 from tqdm import tqdm
 
-from evals.halueval import load_halueval
+from groundedqa.halueval import load_halueval
 from verify.verifier import Verifier, VerifierConfig
 
 

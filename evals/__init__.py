@@ -1,1 +1,1 @@
-"""Evaluation harness: datasets, metrics and reports over a running server's OpenAI API."""
+"""Evaluation harness: grounded questions to a running server's OpenAI API, and run reports."""

@@ -22,18 +22,15 @@ import openai
 from pydantic import BaseModel, Field, model_validator
 from tqdm import tqdm
 
-from evals.datasets import EvalItem
-from evals.metrics import exact_match, f1_score, gold_in_answer, normalize_answer
-from evals.prompts import grounded_messages
+from groundedqa.datasets import EvalItem
+from groundedqa.metrics import exact_match, f1_score, gold_in_answer, normalize_answer
+from groundedqa.prompts import grounded_messages
 from verify.verifier import Verifier
 
 Mode = Literal["plain", "guard", "verify"]
 # The text guardserve refuses with unless a request sets `refusal_message` (the harness talks
 # to servers over HTTP and imports none of their code; a unit test keeps the two in step).
 DEFAULT_REFUSAL = "I cannot answer that reliably."
-# The text that ends a truncated (HALT-style) answer, the guard's default `truncation_marker`;
-# HALT's training targets end with it too (a unit test keeps it in step with the guard's).
-TRUNCATION_MARKER = "Unsure from here"
 
 
 def is_abstention(outcome: str, response: str, refusal_message: str = DEFAULT_REFUSAL) -> bool:

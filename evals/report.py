@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from pydantic import AliasChoices, BaseModel, Field
 
-from evals import metrics
 from evals.harness import EvalSettings, Mode, ResponseRecord
+from groundedqa import metrics
 
 RESPONSES = "responses.jsonl"
 SUMMARY = "summary.json"

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from verify.verifier import Verification
+if TYPE_CHECKING:
+    from verify.verifier import Verification
 
 MAX_CANDIDATES = 16
+# Ends a truncated (HALT-style) answer by default; HALT's training targets end with it too.
+TRUNCATION_MARKER = "Unsure from here"
 ChainChoice = Literal["paper", "consensus"]
 
 
@@ -130,7 +133,7 @@ class GuardConfig(BaseModel):
         description="Answer returned on refusal.",
     )
     truncation_marker: str = Field(
-        "Unsure from here",
+        TRUNCATION_MARKER,
         max_length=1000,
         description="Text appended where a truncated answer stops.",
     )

@@ -9,9 +9,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from pydantic import BaseModel, Field, PrivateAttr
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from guard.calibration import GuardCalibration
 from guard.config import GuardConfig
@@ -41,7 +38,8 @@ class ProbeFit(BaseModel):
 class HallucinationProbe(BaseModel):
     """P(unsupported) of a token from its state at `layer`: standardise, then a logistic model.
 
-    Stored as plain numbers (a few KiB of JSON), so loading needs neither pickle nor sklearn.
+    Stored as plain numbers (a few KiB of JSON), so loading needs neither pickle nor sklearn;
+    guardfit.probe_fit fits one.
     """
 
     layer: int
@@ -51,24 +49,6 @@ class HallucinationProbe(BaseModel):
     intercept: float
     fit: ProbeFit | None = None
     _weights_on: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = PrivateAttr(None)
-
-    @classmethod
-    def train(
-        cls, layer: int, states: np.ndarray, unsupported: np.ndarray, c: float = 0.05
-    ) -> HallucinationProbe:
-        """Fit on token states [N, d] with labels 1 = unsupported, 0 = supported."""
-        pipeline = make_pipeline(
-            StandardScaler(), LogisticRegression(C=c, max_iter=2000, class_weight="balanced")
-        )
-        pipeline.fit(states.astype(np.float64), unsupported.astype(int))
-        scaler, logistic = pipeline[0], pipeline[1]
-        return cls(
-            layer=layer,
-            mean=scaler.mean_.tolist(),
-            scale=scaler.scale_.tolist(),
-            coef=logistic.coef_[0].tolist(),
-            intercept=float(logistic.intercept_[0]),
-        )
 
     def risk(self, states: torch.Tensor) -> torch.Tensor:
         """P(unsupported) of each state [..., d] (float32 out)."""

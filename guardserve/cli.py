@@ -1,16 +1,20 @@
-"""The `guardserve` command: `serve`, `balto`, `halt`, `eval`, `guard`, each from its package."""
+"""The `guardserve` command: `serve`, `balto`, `halt`, `eval`, `guard`, each in guardserve.commands.
+
+Building the parser reads only the settings models (pydantic); a subcommand imports torch,
+transformers, vLLM, openai or scikit-learn when it runs, so `--version` and `--help` stay quick.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from balto.cli import add_balto_parser
-from evals.cli import add_eval_parser
-from guard.cli import add_guard_parser
 from guardserve import __version__
-from halt.cli import add_halt_parser
-from server.cli import add_serve_parser
+from guardserve.commands.balto import add_balto_parser
+from guardserve.commands.eval import add_eval_parser
+from guardserve.commands.guard import add_guard_parser
+from guardserve.commands.halt import add_halt_parser
+from guardserve.commands.serve import add_serve_parser
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,29 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
-from evals.halueval import DEV_LAST_LINE
-from halt.fragments import Boundary
-from halt.targets import Mode
+from finetune.config import LoraSettings, RunSettings
+from groundedqa.halueval import DevLineWindow
+
+Boundary = Literal["sentence", "clause"]  # what ends a fragment (halt.fragments)
+Mode = Literal["cut", "drop"]  # how a target leaves out fragments (halt.targets)
 
 
-class DataConfig(BaseModel):
+class DataConfig(DevLineWindow, RunSettings):
     """`halt build-data`: K sampled answers per HaluEval dev question, judged by fragment."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(
-        None, description="HF folder, .gguf or model name; None: base SmolLM2-135M-Instruct."
-    )
-    cache_dir: str | None = Field(
-        None, description="Where models are prepared; None: $GUARDSERVE_CACHE or ~/.cache."
-    )
     out: Path = Field(Path("halt-data"), description="Folder for data.jsonl and data.json.")
 
-    first_line: int = Field(1, ge=1, le=DEV_LAST_LINE, description="First HaluEval dev line.")
-    limit: int = Field(4000, ge=1, description="Questions (dev lines) from first_line on.")
     max_prompt_tokens: int = Field(448, ge=8, description="Longer prompts are skipped.")
 
     samples: int = Field(4, ge=1, description="Answers sampled per question (K).")
@@ -37,28 +32,15 @@ class DataConfig(BaseModel):
 
     seed: int = Field(0, description="Seed of sampling.")
     device: str = Field("auto", description="auto, cpu or cuda:N; sampling runs in float32.")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch default.")
-
-    @model_validator(mode="after")
-    def _check(self) -> DataConfig:
-        if self.first_line + self.limit - 1 > DEV_LAST_LINE:
-            raise ValueError(
-                f"lines {self.first_line}-{self.first_line + self.limit - 1} reach past the "
-                f"HaluEval dev split (1-{DEV_LAST_LINE})"
-            )
-        return self
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(RunSettings, LoraSettings):
     """`halt train`: LoRA SFT on the grounded prompts and their capability-aligned targets."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(
         None, description="The model the data were sampled from; None: base SmolLM2-135M."
-    )
-    cache_dir: str | None = Field(
-        None, description="Where models are prepared; None: $GUARDSERVE_CACHE or ~/.cache."
     )
     data: Path = Field(Path("halt-data"), description="Folder written by `halt build-data`.")
     out: Path = Field(Path("halt-run"), description="Run folder for the adapter and logs.")
@@ -75,13 +57,5 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient-norm clip.")
 
-    lora_r: int = Field(8, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(16, ge=1, description="LoRA scaling alpha.")
-    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
-    lora_target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "v_proj"], description="Modules LoRA adapts."
-    )
-
     seed: int = Field(0, description="Seed of shuffling and initialisation.")
     device: str = Field("auto", description="auto, cpu or cuda:N; training runs in float32.")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch default.")

@@ -8,13 +8,11 @@ built at training time (halt.targets), so one sampling run serves every threshol
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
 from pydantic import BaseModel
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
@@ -22,12 +20,13 @@ from transformers import PreTrainedTokenizerBase
 from engine.model_runner import ModelRunner
 from engine.offline import sample_responses
 from engine.sampling import SamplingParams
-from evals.halueval import HaluEvalItem, load_halueval
-from evals.metrics import gold_in_answer
-from evals.prompts import grounded_prompt_ids
-from halt.config import DataConfig
-from halt.fragments import Boundary, JudgedResponse, judge_fragments, stated_content
-from halt.targets import Mode, choose_target
+from finetune.run import halueval_lines, resolve_base, write_summary
+from groundedqa.halueval import HaluEvalItem, load_dev_lines
+from groundedqa.metrics import gold_in_answer
+from groundedqa.prompts import grounded_prompt_ids
+from halt.config import Boundary, DataConfig, Mode
+from halt.fragments import JudgedResponse, judge_fragments, stated_content
+from halt.targets import choose_target
 from verify.verifier import Verification, Verifier
 
 DATA_FILE = "data.jsonl"
@@ -123,17 +122,8 @@ def data_figures(rows: Sequence[ItemSamples]) -> dict[str, object]:
 
 def build_dataset(config: DataConfig, verify: VerifyFn | None = None, command: str = "") -> Path:
     """Sample, judge and write the dataset as configured; returns the output folder."""
-    from transformers import AutoTokenizer
-
-    from engine.model_store import BASE_MODEL, resolve_model
-
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    base_name = config.model or BASE_MODEL
-    model_path = resolve_model(base_name, config.cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-    last = config.first_line + config.limit - 1
-    items = load_halueval("dev", limit=last)[config.first_line - 1 :]
+    base_name, model_path, tokenizer = resolve_base(config)
+    items = load_dev_lines(config.first_line, config.last_line)
     prompts = [grounded_prompt_ids(tokenizer, i.knowledge, i.question) for i in items]
     fits = [len(p) <= config.max_prompt_tokens for p in prompts]
     kept = [(i, p) for i, p, ok in zip(items, prompts, fits, strict=True) if ok]
@@ -164,18 +154,13 @@ def build_dataset(config: DataConfig, verify: VerifyFn | None = None, command: s
                 row = judge_item(item, item_answers, verify, config.boundary)
                 handle.write(row.model_dump_json() + "\n")
                 rows.append(row)
-    summary = {
-        "command": command,
-        "config": config.model_dump(mode="json"),
-        "base_model": base_name,
-        "data": {
-            "dataset": "halueval_qa",
-            "split": "dev",
-            "lines": [config.first_line, last],
-            "skipped_long_prompts": len(items) - len(kept),
-        },
-        "seconds": round(time.perf_counter() - start, 1),
-        "figures": data_figures(rows),
-    }
-    (config.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    write_summary(
+        config.out / SUMMARY_FILE,
+        command,
+        config,
+        base_name,
+        halueval_lines(config.first_line, config.last_line, len(items) - len(kept)),
+        seconds=round(time.perf_counter() - start, 1),
+        figures=data_figures(rows),
+    )
     return config.out

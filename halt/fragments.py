@@ -12,7 +12,7 @@ Correctness. A fragment is wrong when
 
 1. the claim verifier finds one of its claims unsupported by the context, or
 2. it is the first fragment and the response does not contain the gold answer
-   (``evals.metrics.gold_in_answer`` on the whole content): the grounded prompt asks for one
+   (``groundedqa.metrics.gold_in_answer`` on the whole content): the grounded prompt asks for one
    short sentence that answers the question, so the first fragment is the one that states the
    answer, and a response without the gold answer states a wrong (or no) answer there.
 
@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Literal
 
 from pydantic import BaseModel
 
-from evals.harness import TRUNCATION_MARKER
-from evals.metrics import gold_in_answer
+from groundedqa.metrics import gold_in_answer
+from guard.config import TRUNCATION_MARKER
+from halt.config import Boundary
 from verify.verifier import ClaimVerdict, Verification
-
-Boundary = Literal["sentence", "clause"]
 
 _CUTS: dict[Boundary, re.Pattern[str]] = {
     "sentence": re.compile(r"[.!?](?=\s)|\n"),

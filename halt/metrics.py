@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel
 
-from evals.metrics import mean
+from groundedqa.metrics import mean
 from halt.fragments import Fragment
 
 

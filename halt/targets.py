@@ -29,12 +29,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
-from evals.harness import TRUNCATION_MARKER
+from guard.config import TRUNCATION_MARKER
+from halt.config import Mode
 from halt.fragments import JudgedResponse, stated_content
-
-Mode = Literal["cut", "drop"]
 
 _SENTENCE_ENDS = (".", "!", "?")
 

@@ -1,7 +1,7 @@
 """HALT trainer: LoRA SFT on grounded prompts and capability-aligned targets, a JSONL step log.
 
 Each question of a `build-data` folder gives one example: its grounded prompt
-(evals.prompts) and the target built from the model's own judged answers at the configured
+(groundedqa.prompts) and the target built from the model's own judged answers at the configured
 threshold and mode (halt.targets), followed by an end token. The loss is the mean
 cross-entropy over target tokens only (prompt and padding positions carry the label -100);
 AdamW updates the LoRA weights (peft) over seeded shuffles of the examples for a few epochs.
@@ -15,24 +15,33 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from importlib.metadata import version
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from engine.model_runner import pick_device
-from evals.prompts import grounded_prompt_ids
-from halt.config import TrainConfig
+from engine.model_store import BASE_MODEL
+from finetune.run import (
+    LOG_FILE,
+    SUMMARY_FILE,
+    append_log,
+    load_float32,
+    lora_model,
+    resolve_base,
+    save_adapter,
+    trained_with,
+    write_summary,
+)
+from groundedqa.prompts import grounded_prompt_ids
+from halt.config import Mode, TrainConfig
 from halt.data import SUMMARY_FILE as DATA_SUMMARY_FILE
 from halt.data import ItemSamples, load_dataset
-from halt.targets import Mode, Target, choose_target
+from halt.targets import Target, choose_target
 
-LOG_FILE = "train_log.jsonl"
-SUMMARY_FILE = "training.json"
 TARGETS_FILE = "targets.jsonl"
 IGNORE_INDEX = -100  # the label transformers' loss skips
 
@@ -116,14 +125,7 @@ class HaltTrainer:
         self.tokenizer = tokenizer
         self.examples = list(examples)
         self.log_path = log_path
-        lora = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=list(config.lora_target_modules),
-            task_type="CAUSAL_LM",
-        )
-        self.peft: PeftModel = get_peft_model(model.float().to(pick_device(config.device)), lora)
+        self.peft: PeftModel = lora_model(model.float().to(pick_device(config.device)), config)
         self.trainable = [p for p in self.peft.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.trainable, lr=config.lr, weight_decay=config.weight_decay
@@ -159,9 +161,7 @@ class HaltTrainer:
             seconds=time.perf_counter() - start,
         )
         self.step_index += 1
-        if self.log_path is not None:
-            with self.log_path.open("a", encoding="utf-8") as handle:
-                handle.write(log.model_dump_json() + "\n")
+        append_log(self.log_path, log)
         return log
 
     def train(self) -> list[StepLog]:
@@ -177,16 +177,7 @@ class HaltTrainer:
 
     def save(self, out_dir: Path, base_model: str) -> None:
         """Write the LoRA adapter into ``out_dir``, recording ``base_model`` as its base."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        card = out_dir / "README.md"
-        had_card = card.exists()
-        self.peft.save_pretrained(out_dir)
-        if not had_card:
-            card.unlink(missing_ok=True)  # peft's empty model-card template
-        config_path = out_dir / "adapter_config.json"
-        adapter_config = json.loads(config_path.read_text())
-        adapter_config["base_model_name_or_path"] = base_model
-        config_path.write_text(json.dumps(adapter_config, indent=2) + "\n")
+        save_adapter(self.peft, out_dir, base_model)
 
 
 def run_training(config: TrainConfig, command: str = "") -> Path:
@@ -194,23 +185,14 @@ def run_training(config: TrainConfig, command: str = "") -> Path:
 
     The data must come from the model being trained (capability alignment is per model).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from engine.model_store import BASE_MODEL, resolve_model
-
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    base_name = config.model or BASE_MODEL
     data_summary = json.loads((config.data / DATA_SUMMARY_FILE).read_text())
+    base_name = config.model or BASE_MODEL
     if data_summary["base_model"] != base_name:
         raise ValueError(
             f"the data were sampled from {data_summary['base_model']!r}, not {base_name!r}"
         )
-    model_path = resolve_model(base_name, config.cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-    model = AutoModelForCausalLM.from_pretrained(
-        str(model_path), dtype=torch.float32, attn_implementation="sdpa"
-    )
+    base_name, model_path, tokenizer = resolve_base(config)
+    model = load_float32(model_path)
     rows = load_dataset(config.data)
     examples, targets = sft_examples(
         rows, tokenizer, config.threshold, config.mode, config.max_prompt_tokens
@@ -226,27 +208,27 @@ def run_training(config: TrainConfig, command: str = "") -> Path:
     logs = trainer.train()
     seconds = time.perf_counter() - start
     trainer.save(config.out, base_name if config.model is None else str(model_path))
-    summary = {
-        "command": command,
-        "config": config.model_dump(mode="json"),
-        "base_model": base_name,
-        "data": {
-            **data_summary["data"],
-            "folder": str(config.data),
-            "lines_trained": sorted(int(e.key) for e in examples),
-        },
-        "targets": {
+    data = {
+        **data_summary["data"],
+        "folder": str(config.data),
+        "lines_trained": sorted(int(e.key) for e in examples),
+    }
+    write_summary(
+        config.out / SUMMARY_FILE,
+        command,
+        config,
+        base_name,
+        data,
+        targets={
             "threshold": config.threshold,
             "mode": config.mode,
             "examples": len(targets),
             "abstained": sum(t.abstained for t in targets) / len(targets),
             "completeness": sum(t.completeness for t in targets) / len(targets),
         },
-        "steps": len(logs),
-        "final_loss": logs[-1].loss,
-        "seconds": round(seconds, 1),
-        "torch_threads": torch.get_num_threads(),
-        "versions": {"torch": torch.__version__, "peft": version("peft")},
-    }
-    (config.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        steps=len(logs),
+        final_loss=logs[-1].loss,
+        seconds=round(seconds, 1),
+        **trained_with(),
+    )
     return config.out

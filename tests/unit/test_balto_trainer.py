@@ -12,7 +12,6 @@ from peft import LoraConfig, get_peft_model
 from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from balto.cli import train_config
 from balto.config import TrainConfig
 from balto.export import export_adapter
 from balto.rollout import (
@@ -31,6 +30,7 @@ from engine.model_runner import ModelRunner
 from engine.model_store import MARKER_FILE, adapter_digest, prepare_balto
 from engine.sampling import SamplingParams
 from guardserve.cli import build_parser
+from guardserve.commands.balto import train_config
 from tests.unit.conftest import build_tiny_llama, build_tiny_tokenizer
 
 PROMPTS = [

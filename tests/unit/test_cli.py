@@ -7,9 +7,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import pytest
+
 from guardserve import __version__
 from guardserve.cli import build_parser
-from server.cli import server_config
+from guardserve.commands.serve import server_config
 from server.config import ServerConfig
 
 
@@ -56,3 +58,23 @@ def test_serve_defaults_are_the_server_config_defaults() -> None:
     assert ServerConfig().request_timeout < float("inf")
     flags = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["serve"]._actions}
     assert set(ServerConfig.model_fields) <= flags
+
+
+HEAVY_MODULES = ("torch", "transformers", "openai", "sklearn", "vllm", "spacy")
+
+
+@pytest.mark.parametrize("flag", ["--version", "--help"])
+def test_version_and_help_import_no_heavy_library(flag: str) -> None:
+    # Run as `python -m guardserve FLAG` would, then list what got imported.
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = ['guardserve', {flag!r}]\n"
+        "try:\n"
+        "    runpy.run_module('guardserve', run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules), file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "[]"

@@ -17,11 +17,12 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from evals.cli import add_eval_parser, main
-from evals.datasets import EvalItem, load_halueval_dev, load_jsonl
 from evals.harness import Completion, score_response
-from evals.prompts import SYSTEM_PROMPT
 from evals.report import read_records, read_summary
+from groundedqa.datasets import EvalItem, load_halueval_dev, load_jsonl
+from groundedqa.prompts import SYSTEM_PROMPT
+from guardserve.cli import main
+from guardserve.commands.eval import add_eval_parser
 from verify.verifier import Verifier
 
 DELAY_S = 0.05

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evals import metrics
+from groundedqa import metrics
 
 
 def test_normalize_answer_follows_squad() -> None:

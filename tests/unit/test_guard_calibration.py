@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from guard.calibration import (
-    ChainSetting,
-    GuardCalibration,
+from guard.calibration import ChainSetting, GuardCalibration
+from guard.config import GuardConfig
+from guardfit.calibration import (
     SettingResult,
     best_threshold,
     calibrate,
@@ -18,7 +18,6 @@ from guard.calibration import (
     pick_setting,
     threshold_for_budget,
 )
-from guard.config import GuardConfig
 
 
 def synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,8 +170,9 @@ def test_calibration_refuses_release_lines_and_bad_thresholds() -> None:
     fields = {"tau_token": 0.4, "tau_low": 0.55, "tau_high": 0.75, "tau_global": 0.7}
     lines = {"max_abstention": 0.1, "first_line": 1, "last_line": 8000, "achieved": figures}
     GuardCalibration(**fields, **lines)
-    with pytest.raises(ValidationError, match="development lines"):
-        GuardCalibration(**fields, **{**lines, "last_line": 8001})
+    result = SettingResult(thresholds={}, answered=[True], correct=[True])
+    with pytest.raises(ValueError, match="development lines"):
+        calibrate([result], 0.1, first_line=1, last_line=8001)
     GuardCalibration(**fields, **{**lines, "last_line": 9000, "dataset": "mine.jsonl"})
     with pytest.raises(ValidationError, match="tau_low"):
         GuardCalibration(**{**fields, "tau_low": 0.8}, **lines)

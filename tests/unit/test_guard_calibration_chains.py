@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from guard.calibration import ChainSetting
-from guard.calibration_run import GuardedAnswer, chosen_answer, with_chain_threshold
 from guard.report import GlobalReport, GuardReport
+from guardfit.calibration_run import GuardedAnswer, chosen_answer, with_chain_threshold
 
 CONSENSUS = ChainSetting(chains=3, chain_choice="consensus", sampling_temperature=0.7)
 

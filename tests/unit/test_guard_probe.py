@@ -10,9 +10,9 @@ import torch
 from transformers import LlamaForCausalLM
 
 from engine.model_runner import ModelRunner
-from evals.halueval import HaluEvalItem
+from groundedqa.halueval import HaluEvalItem
 from guard.probe import PROBE_FILE, GuardAssets, HallucinationProbe, find_guard_dir
-from guard.probe_fit import AnswerStates, answer_states, sweep
+from guardfit.probe_fit import AnswerStates, answer_states, sweep, train_probe
 
 
 def make_runner(model: LlamaForCausalLM) -> ModelRunner:
@@ -26,7 +26,7 @@ def test_probe_fit_save_load_round_trip(tiny_llama: LlamaForCausalLM, tmp_path: 
     assert set(baselines) == {"p_a", "entropy", "logprob", "cos", "f_tok"}
     assert all(len(v) == 6 for v in baselines.values())
     labels = np.array([0, 1, 0, 1, 1, 0])
-    probe = HallucinationProbe.train(2, states[2].astype(np.float32), labels, c=1.0)
+    probe = train_probe(2, states[2].astype(np.float32), labels, c=1.0)
     path = tmp_path / PROBE_FILE
     probe.save(path)
     loaded = HallucinationProbe.load(path)

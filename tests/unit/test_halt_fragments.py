@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from evals.harness import TRUNCATION_MARKER
-from guard.config import GuardConfig
+from guard.config import TRUNCATION_MARKER, GuardConfig
 from halt.fragments import (
     Fragment,
     JudgedResponse,

@@ -11,10 +11,10 @@ from pydantic import ValidationError
 
 from engine.model_runner import ModelRunner
 from engine.sampling import SamplingParams
-from evals.halueval import HaluEvalItem
-from evals.metrics import gold_in_answer
+from groundedqa.halueval import HaluEvalItem
+from groundedqa.metrics import gold_in_answer
 from guardserve.cli import build_parser
-from halt.cli import data_config, train_config
+from guardserve.commands.halt import data_config, train_config
 from halt.config import DataConfig, TrainConfig
 from halt.data import (
     DATA_FILE,

@@ -1,9 +1,8 @@
-"""`guardserve eval` (evaluate a running server over HTTP) and `guardserve eval plot`."""
+"""`guardserve eval`: evaluate a running server over HTTP; `eval plot` and `eval table` of runs."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -11,19 +10,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from evals.datasets import HALUEVAL, load_items
-from evals.harness import EvalSettings, run_requests, score_responses
-from evals.report import (
-    RESPONSES,
-    build_summary,
-    markdown_table,
-    plot_risk_coverage,
-    plot_runs,
-    read_records,
-    risk_coverage_png,
-    write_run,
-)
-from verify.verifier import Verifier
+from groundedqa.datasets import HALUEVAL
+from guardserve.flags import add_flag
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 
@@ -40,7 +28,7 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def add_eval_parser(commands: argparse._SubParsersAction) -> None:
-    """Register `eval` (run an evaluation) with its nested `plot` subcommand."""
+    """Register `eval` (run an evaluation) with its nested `plot` and `table` subcommands."""
     parser = commands.add_parser(
         "eval",
         help="Evaluate a running OpenAI-compatible server (gold-in-answer, coverage, AURC, "
@@ -51,68 +39,56 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
         "runs side by side (Faith. vs Info. in PNG, risk vs coverage beside it); `eval table "
         "RUN_DIR...` prints them as a markdown table.",
     )
-    parser.add_argument(
-        "--base-url", default=DEFAULT_BASE_URL, help="The server's /v1 URL (default: %(default)s)"
-    )
-    parser.add_argument(
+    add_flag(parser, "--base-url", default=DEFAULT_BASE_URL, help="The server's /v1 URL.")
+    add_flag(
+        parser,
         "--api-key",
-        default=None,
-        help="API key (default: $GUARDSERVE_API_KEY, $OPENAI_API_KEY, else 'unused')",
+        help="API key; None: $GUARDSERVE_API_KEY, else $OPENAI_API_KEY, else 'unused'.",
     )
-    parser.add_argument("--model", default=None, help="model (default: first of GET /v1/models)")
-    parser.add_argument(
+    add_flag(parser, "--model", help="Model to ask; None: the first of GET /v1/models.")
+    add_flag(
+        parser,
         "--dataset",
         default=HALUEVAL,
         help="'halueval' (development lines 1-8000 only) or a JSONL of {question, context, "
-        "answer} (default: %(default)s)",
+        "answer}.",
     )
-    parser.add_argument(
+    add_flag(
+        parser,
         "--mode",
         choices=["plain", "guard", "verify"],
         default="plain",
-        help="How the server answers (default: %(default)s)",
+        help="How the server answers.",
     )
-    parser.add_argument(
+    add_flag(
+        parser,
         "--guard-options",
         type=_json_object,
-        default={},
+        default="{}",
         metavar="JSON",
-        help='extra guard settings for guard/verify mode, e.g. \'{"on_failure": "truncate"}\' '
-        "(default: none)",
+        help='Extra guard settings for guard or verify mode, e.g. \'{"on_failure": "truncate"}\'.',
     )
-    parser.add_argument("--limit", type=int, default=None, help="items to run (default: all)")
-    parser.add_argument(
-        "--offset", type=int, default=0, help="items to skip first (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--concurrency", type=int, default=4, help="requests in flight (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed sent with every request (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--max-tokens", type=int, default=128, help="answer length cap (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--temperature", type=float, default=0.0, help="sampling temperature (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=600.0, help="per request, seconds (default: %(default)s)"
-    )
-    parser.add_argument(
+    add_flag(parser, "--limit", type=int, help="Items to run; None: all.")
+    add_flag(parser, "--offset", type=int, default=0, help="Items to skip first.")
+    add_flag(parser, "--concurrency", type=int, default=4, help="Requests in flight.")
+    add_flag(parser, "--seed", type=int, default=0, help="Seed sent with every request.")
+    add_flag(parser, "--max-tokens", type=int, default=128, help="Answer length cap.")
+    add_flag(parser, "--temperature", type=float, default=0.0, help="Sampling temperature.")
+    add_flag(parser, "--timeout", type=float, default=600.0, help="Seconds per request.")
+    add_flag(
+        parser,
         "--reference",
         type=Path,
-        default=None,
-        help="a previous run (typically plain) for Info. and abstention precision (default: none)",
+        help="A previous run (typically plain) for Info. and abstention precision; None: each "
+        "response is its own reference.",
     )
-    parser.add_argument(
-        "--out", type=Path, default=None, help="run folder (default: runs/eval/MODE-TIMESTAMP)"
-    )
-    parser.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        help="hide the progress bars (default: shown)",
+    add_flag(parser, "--out", type=Path, help="Run folder; None: runs/eval/MODE-TIMESTAMP.")
+    add_flag(
+        parser,
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Show progress bars.",
     )
     parser.set_defaults(handler=run_eval)
 
@@ -121,8 +97,8 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
         "plot", help="Plot Faith. vs Info. (PNG) and risk vs coverage (PNG_risk_coverage.png)."
     )
     plot.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="eval run folders")
-    plot.add_argument(
-        "--out", dest="plot_out", type=Path, required=True, metavar="PNG", help="image (required)"
+    add_flag(
+        plot, "--out", dest="plot_out", type=Path, required=True, metavar="PNG", help="The image."
     )
     plot.set_defaults(handler=run_plot)
     table = nested.add_parser("table", help="Print runs as a markdown table (judge per column).")
@@ -132,6 +108,13 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Run one evaluation and write its run folder; prints the summary."""
+    import asyncio
+
+    from evals.harness import EvalSettings, run_requests, score_responses
+    from evals.report import RESPONSES, build_summary, read_records, write_run
+    from groundedqa.datasets import load_items
+    from verify.verifier import Verifier
+
     out_dir: Path = args.out or Path("runs/eval") / (
         f"{args.mode}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     )
@@ -178,6 +161,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_plot(args: argparse.Namespace) -> int:
     """Draw the runs' Faith. against Info. into a PNG, and their risk against coverage beside."""
+    from evals.report import plot_risk_coverage, plot_runs, risk_coverage_png
+
     plot_runs(args.runs, args.plot_out)
     risk_png = risk_coverage_png(args.plot_out)
     plot_risk_coverage(args.runs, risk_png)
@@ -187,17 +172,7 @@ def run_plot(args: argparse.Namespace) -> int:
 
 def run_table(args: argparse.Namespace) -> int:
     """Print the runs' figures as a markdown table, the lines and judge of each named."""
+    from evals.report import markdown_table
+
     print(markdown_table(args.runs), end="")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point: `python -m evals.cli eval ...` (guardserve wires the same)."""
-    parser = argparse.ArgumentParser(prog="python -m evals.cli")
-    add_eval_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.handler(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

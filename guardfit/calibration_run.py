@@ -23,22 +23,21 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from engine.llm_engine import LLMEngine
 from engine.model_runner import ModelRunner
 from engine.sampling import SamplingParams
-from evals.halueval import HaluEvalItem, load_halueval
-from evals.metrics import gold_in_answer
-from evals.prompts import grounded_messages, grounded_prompt_ids
-from guard.calibration import (
-    ChainSetting,
-    GuardCalibration,
-    SettingResult,
-    best_threshold,
-    calibrate,
-    threshold_for_budget,
-)
+from groundedqa.halueval import HaluEvalItem, load_dev_lines
+from groundedqa.metrics import gold_in_answer
+from groundedqa.prompts import grounded_messages, grounded_prompt_ids
+from guard.calibration import ChainSetting, GuardCalibration
 from guard.chains import pick_chain
 from guard.config import GuardConfig, SegmentEvidence
 from guard.guarded_sequence import GuardedSequence
 from guard.probe import HallucinationProbe
 from guard.report import GuardReport
+from guardfit.calibration import (
+    SettingResult,
+    best_threshold,
+    calibrate,
+    threshold_for_budget,
+)
 from verify.claims import without_questions
 from verify.verifier import Verifier, VerifierConfig
 
@@ -258,7 +257,7 @@ def run_calibration(
         device="cpu",
         probe_layer=probe.layer,
     )
-    items = [i for i in load_halueval("dev") if lines[0] <= i.line <= lines[1]]
+    items = load_dev_lines(*lines)
     verifier = Verifier(VerifierConfig(use_embeddings=False))
     results = []
     for thresholds in grid:

@@ -18,16 +18,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from engine.model_runner import ModelRunner
 from engine.offline import sample_responses
 from engine.sampling import SamplingParams
-from evals.halueval import HaluEvalItem, load_halueval
-from evals.metrics import gold_in_answer
-from evals.prompts import grounded_prompt_ids
+from groundedqa.halueval import HaluEvalItem, load_halueval
+from groundedqa.metrics import gold_in_answer
+from groundedqa.prompts import grounded_prompt_ids
 from guard.probe import HallucinationProbe, ProbeFit
 
 logger = logging.getLogger(__name__)
@@ -179,6 +182,24 @@ def baseline_aurocs(records: list[AnswerStates]) -> dict[str, float]:
     }
 
 
+def train_probe(
+    layer: int, states: np.ndarray, unsupported: np.ndarray, c: float = 0.05
+) -> HallucinationProbe:
+    """Fit on token states [N, d] with labels 1 = unsupported, 0 = supported."""
+    pipeline = make_pipeline(
+        StandardScaler(), LogisticRegression(C=c, max_iter=2000, class_weight="balanced")
+    )
+    pipeline.fit(states.astype(np.float64), unsupported.astype(int))
+    scaler, logistic = pipeline[0], pipeline[1]
+    return HallucinationProbe(
+        layer=layer,
+        mean=scaler.mean_.tolist(),
+        scale=scaler.scale_.tolist(),
+        coef=logistic.coef_[0].tolist(),
+        intercept=float(logistic.intercept_[0]),
+    )
+
+
 def fit_layer(records: list[AnswerStates], layer: int, c: float) -> HallucinationProbe:
     """A probe on one layer's last-token states, labelled by the answer's gold containment.
 
@@ -187,7 +208,7 @@ def fit_layer(records: list[AnswerStates], layer: int, c: float) -> Hallucinatio
     answer's label (0.55).
     """
     labels = np.array([not r.correct for r in records])
-    return HallucinationProbe.train(layer, last_states(records, layer), labels, c=c)
+    return train_probe(layer, last_states(records, layer), labels, c=c)
 
 
 def cross_validated_auroc(records: list[AnswerStates], layer: int, c: float) -> float:

@@ -12,10 +12,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from evals.halueval import SPLIT_LINES, load_halueval
+from groundedqa.halueval import DEV_LINES, load_halueval
 
 HALUEVAL = "halueval"
-DEV_LINES = len(SPLIT_LINES["dev"])
 
 
 class EvalItem(BaseModel):
@@ -51,7 +50,7 @@ def _check_window(offset: int, limit: int | None, total: int, what: str) -> None
 
 def load_halueval_dev(offset: int = 0, limit: int | None = None) -> list[EvalItem]:
     """HaluEval QA development items `offset+1 .. offset+limit`; refuses past line 8000."""
-    _check_window(offset, limit, DEV_LINES, "HaluEval's development split (lines 1-8000)")
+    _check_window(offset, limit, len(DEV_LINES), "HaluEval's development split (lines 1-8000)")
     wanted = None if limit is None else offset + limit
     return [
         EvalItem(

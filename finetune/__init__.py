@@ -1,0 +1,1 @@
+"""What BALTO and HALT runs share: their base settings, LoRA, the saved adapter, run summaries."""

@@ -1,0 +1,1 @@
+"""Grounded QA shared by fitting, training and evaluation: HaluEval, datasets, prompt, metrics."""

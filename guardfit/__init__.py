@@ -1,0 +1,1 @@
+"""Offline guard fitting: a model's hallucination probe and its calibrated guard thresholds."""
