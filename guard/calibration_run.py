@@ -35,7 +35,7 @@ from guard.calibration import (
     threshold_for_budget,
 )
 from guard.chains import pick_chain
-from guard.config import GuardConfig, SegmentEvidence
+from guard.config import GuardConfig, GuardRun, SegmentEvidence
 from guard.guarded_sequence import GuardedSequence
 from guard.probe import HallucinationProbe
 from guard.report import GuardReport
@@ -110,10 +110,10 @@ def decode_guarded(
                 tokenizer,
                 eos,
                 runner.max_model_len,
-                config,
+                GuardRun(
+                    config, evidence=evidence if config.use_evidence else None, explore=chain > 0
+                ),
                 runner.embed,
-                evidence=evidence if config.use_evidence else None,
-                explore=chain > 0,
                 risk=None if probe is None else probe.risk,
             )
             seqs[seq.request_id] = (item, seq)

@@ -13,7 +13,7 @@ from engine.outputs import SequenceOutput
 from engine.sampling import SamplingParams, Shortlist
 from engine.sequence import EvaluateMore, Keep, Rollback, TreeSequence
 from guard import scoring
-from guard.config import EvidenceCheck, GuardConfig, SegmentEvidence
+from guard.config import GuardRun, SegmentEvidence
 from guard.report import GlobalReport, GuardReport, SegmentReport
 
 Embedder = Callable[[list[int]], torch.Tensor]
@@ -76,8 +76,12 @@ class GuardedSequence(TreeSequence):
     A segment closes at a boundary and is scored (Eq. 8-12): accepted segments join the chain,
     weak ones are regenerated from the window around their weakest token (Eq. 13) by rolling
     the slot back, failing ones end the chain. At the end the chain is checked (Eq. 14-18).
-    Text leaves the sequence only once its segment is accepted; with `hold_until_checked`
-    it waits for the global check, which then may re-decode the chain with adjusted thresholds.
+    Text leaves the sequence only once its segment is accepted; unless the run streams, it
+    waits for the global check, which then may re-decode the chain with adjusted thresholds.
+
+    `run` holds the request's settings; `embed` and `risk` are the model's: its input
+    embeddings (F_logic) and, when it has one, its hallucination probe (used unless the
+    settings say `token_score: "paper"`).
     """
 
     uses_prompt_state = True  # h_x of Eq. 4
@@ -90,21 +94,19 @@ class GuardedSequence(TreeSequence):
         tokenizer: PreTrainedTokenizerBase,
         eos_token_ids: frozenset[int],
         max_model_len: int,
-        config: GuardConfig,
+        run: GuardRun,
         embed: Embedder,
-        evidence: EvidenceCheck | None = None,
-        hold_until_checked: bool = True,
-        explore: bool = False,
         risk: RiskScorer | None = None,
     ) -> None:
         super().__init__(request_id, prompt_ids, params, tokenizer, eos_token_ids, max_model_len)
+        config = run.config
         self.config = config
         self.embed = embed
-        self.evidence = evidence
+        self.evidence = run.evidence
         # The probe's P(unsupported) of a candidate state replaces cos(h, h-bar) in F_tok.
         self.risk = risk if config.token_score != "paper" else None
-        self.hold_until_checked = hold_until_checked
-        self.explore = explore and config.sampling_temperature > 0
+        self.hold_until_checked = not run.stream
+        self.explore = run.explore and config.sampling_temperature > 0
         self.tau_low = config.tau_low
         self.tau_high = config.tau_high
         self.report = GuardReport(mode="guard")

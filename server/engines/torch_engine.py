@@ -105,8 +105,7 @@ class TorchEngine:
                     f"{request_id}/chain{c}",
                     prompt_ids,
                     replace(params, seed=seed + c),
-                    held,
-                    explore=c > 0,
+                    replace(held, explore=c > 0),
                 )
             )
             for c in range(guard.config.chains)
@@ -166,18 +165,14 @@ class TorchEngine:
         prompt_ids: list[int],
         params: SamplingParams,
         guard: GuardRun | None,
-        explore: bool = False,
     ) -> Sequence:
         args = (request_id, prompt_ids, params, self.tokenizer, self.eos_token_ids)
         if guard is not None:
             return GuardedSequence(
                 *args,
                 self.runner.max_model_len,
-                guard.config,
+                guard,
                 self.runner.embed,
-                evidence=guard.evidence,
-                hold_until_checked=not guard.stream,
-                explore=explore,
                 risk=None if self.probe is None else self.probe.risk,
             )
         return Sequence(*args, self.runner.max_model_len)
