@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,10 +15,17 @@ from engine.llama import LlamaForward, unsupported_reason
 
 @dataclass(frozen=True)
 class PrefillOutput:
-    """Per row: next-token logits [B, V] after its last new token, mean penultimate state [B, d]."""
+    """Per row: next-token logits [B, V] after its last new token, and the penultimate states
+    [B, W, d] of its new tokens (`valid` [B, W] marks the real ones among the padding)."""
 
     logits: torch.Tensor
-    hidden: torch.Tensor
+    states: torch.Tensor
+    valid: torch.Tensor
+
+    @functools.cached_property
+    def hidden(self) -> torch.Tensor:
+        """Mean penultimate state [B, d] over each row's new tokens, computed when first read."""
+        return (self.states * self.valid[..., None]).sum(1) / self.valid.sum(1, keepdim=True)
 
 
 @dataclass(frozen=True)
@@ -171,8 +179,7 @@ class ModelRunner:
             self.cache.lengths[slot] += n
         last = torch.tensor([n - 1 for n in counts], device=self.device)
         rows = torch.arange(len(slots), device=self.device)
-        hidden = (out.hidden * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)
-        return PrefillOutput(logits=self.logits(out.final[rows, last]), hidden=hidden)
+        return PrefillOutput(self.logits(out.final[rows, last]), out.hidden, valid)
 
     @torch.inference_mode()
     def tree_step(self, slots: list[int], candidates: list[list[int]]) -> TreeOutput:
