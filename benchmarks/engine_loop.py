@@ -23,7 +23,7 @@ from engine.model_runner import ModelRunner
 from engine.model_store import resolve_model
 from engine.sampling import SamplingParams
 from engine.sequence import Sequence
-from guard.config import GuardConfig
+from guard.config import GuardConfig, GuardRun
 from guard.guarded_sequence import GuardedSequence, RiskScorer
 from guard.probe import GuardAssets, find_guard_dir
 
@@ -53,7 +53,7 @@ def add_round(
                 tokenizer,
                 eos,
                 runner.max_model_len,
-                guard[0],
+                GuardRun(guard[0]),
                 runner.embed,
                 risk=guard[1],
             )

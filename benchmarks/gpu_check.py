@@ -32,7 +32,7 @@ from server.engine_factory import (
     load_guard_assets,
     runner_devices,
 )
-from server.engines.base import Engine
+from server.engines.base import GuardEngine
 
 
 @dataclass(frozen=True)
@@ -59,14 +59,18 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 
 async def one(
-    engine: Engine, rid: str, ids: list[int], max_tokens: int, guard: GuardRun | None
+    engine: GuardEngine, rid: str, ids: list[int], max_tokens: int, guard: GuardRun | None
 ) -> tuple[float, int]:
     """Stream one request to its end; (ttft, completion tokens)."""
     start = time.perf_counter()
     first = 0.0
     tokens = 0
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
-    async for output in engine.generate(rid, ids, params, guard):
+    if guard is None:
+        stream = engine.generate(rid, ids, params)
+    else:
+        stream = engine.generate_guarded(rid, ids, params, guard)
+    async for output in stream:
         if not first and output.text:
             first = time.perf_counter() - start
         tokens = output.completion_tokens
@@ -74,7 +78,7 @@ async def one(
 
 
 async def wave(
-    engine: Engine, prompts: list[list[int]], streams: int, max_tokens: int, guarded: bool
+    engine: GuardEngine, prompts: list[list[int]], streams: int, max_tokens: int, guarded: bool
 ) -> Cell:
     """`streams` simultaneous requests, plain or guarded."""
     guard = GuardRun(GuardConfig(), stream=True) if guarded else None

@@ -1,4 +1,4 @@
-"""The torch engine's step loop: prompt chunks into the cache, then one batched tree step."""
+"""The torch engine's step: schedule, run the model, sample the plain rows, postprocess."""
 
 from __future__ import annotations
 
@@ -14,11 +14,14 @@ from engine.outputs import SequenceOutput
 from engine.prefix_cache import PrefixCache
 from engine.sampling import Shortlist, sample_batch, shortlists
 from engine.scheduler import PrefillChunk, Scheduler
-from engine.sequence import EVALUATE_MORE, Sequence
+from engine.sequence import Keep, Sequence, TreeSequence
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# A plain row to sample this step: its sequence and the next-token logits [V] to draw from.
+Draw = tuple[Sequence, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,8 @@ class StepResult:
 
 
 class LLMEngine:
-    """Ties scheduler and runner together; a sequence decides its own tokens."""
+    """Ties scheduler and runner together: plain rows are sampled by the engine in one batch;
+    tree sequences (`TreeSequence`) decide their own tokens."""
 
     def __init__(
         self, runner: ModelRunner, max_prefill_tokens: int = 2048, prefix_cache_bytes: int = 0
@@ -49,7 +53,7 @@ class LLMEngine:
         self._by_id: dict[str, Sequence] = {}
         # Penultimate states of the prompt tokens in a prefilling sequence's slot so far.
         self._prompt_states: dict[str, list[torch.Tensor]] = {}
-        # Next-token logits and mean state after each prompt some running slot holds.
+        # Next-token logits [V] and token states [P, d] of each prompt a running slot holds.
         self._after_prompt: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def add(self, seq: Sequence) -> None:
@@ -68,55 +72,29 @@ class LLMEngine:
         return self.scheduler.has_work()
 
     def step(self) -> StepResult:
-        """Put this step's prompt chunks in the cache, then advance every decoding sequence."""
+        """One step.
+
+        Schedule: admit waiting sequences and cut this step's prompt chunks. Run the model: the
+        chunks in one forward, then every decoding row in one tree step (a plain row feeds its
+        last token, a tree sequence its proposed candidates). Sample the next token of every
+        plain row (those whose prompt just completed too) in one batched draw. Postprocess: the
+        plain rows take their tokens, outputs are collected, finished sequences leave.
+        """
         failed: dict[str, str] = {}
         cached = self._reuse_cached(self.scheduler.admit())
         chunks = self.scheduler.prefill_chunks()
-        self._prefill(chunks, failed)
-        shared = self._share_prompts(failed)
+        draws = self._prefill(chunks, failed)
+        shared_draws, shared = self._share_prompts(failed)
+        draws += shared_draws
         decoding = self.scheduler.decoding()
-        self._draw(decoding, failed)
-        batch: list[Sequence] = []
-        candidates: list[list[int]] = []
-        for seq in decoding:
-            if seq.request_id in failed:
-                continue
-            proposal = self._guarded(seq, failed, seq.propose)
-            if proposal is not None:
-                batch.append(seq)
-                candidates.append(proposal)
-        if batch:
-            self._tree_step(batch, candidates, failed)
-        outputs: dict[str, SequenceOutput[Any]] = {}
-        for seq in decoding:
-            if seq.request_id in failed:
-                continue
-            output = seq.take_output()
-            if output is not None:
-                outputs[seq.request_id] = output
-            if seq.finished:
-                self._release(seq)
+        starting = {seq.request_id for seq, _ in draws}
+        rows = self._decoding_rows(decoding, starting, failed)
+        if rows:
+            draws += self._tree_step(rows, failed)
+        self._sample(draws, failed)
+        outputs = self._postprocess(decoding, failed)
         prefilled = sum(c.end - c.start for c in chunks if c.seq.request_id not in failed)
-        return StepResult(outputs, failed, len(batch), prefilled, shared, cached)
-
-    def _draw(self, running: list[Sequence], failed: dict[str, str]) -> None:
-        """Sample the next token of every plain sequence in one batched call."""
-        seqs = [s for s in running if s.draws_in_batch and s.request_id not in failed]
-        if not seqs:
-            return
-        try:
-            tokens = sample_batch(
-                torch.stack([s.next_logits for s in seqs]),
-                [s.params for s in seqs],
-                [s.generator for s in seqs],
-            )
-        except Exception as exc:
-            logger.exception("sampling failed")
-            for seq in seqs:
-                self._fail(seq, failed, exc)
-            return
-        for seq, token in zip(seqs, tokens, strict=True):
-            seq.take_draw(token)
+        return StepResult(outputs, failed, len(rows), prefilled, shared, cached)
 
     def _reuse_cached(self, admitted: list[Sequence]) -> int:
         """Start new sequences' slots with the longest prefix the prefix cache holds of their
@@ -135,14 +113,13 @@ class LLMEngine:
             reused += length
         return reused
 
-    def _prefill(self, chunks: list[PrefillChunk], failed: dict[str, str]) -> None:
-        """Extend each chunk's slot; sequences whose prompt is complete get `on_prefill`.
-
-        The prompt state handed over is the mean penultimate state over the whole prompt.
-        A completed prompt is offered to the prefix cache.
+    def _prefill(self, chunks: list[PrefillChunk], failed: dict[str, str]) -> list[Draw]:
+        """Put the chunks in their slots; a sequence whose prompt is complete gets `on_prefill`,
+        and a plain one's first token is drawn this step (the draws returned). A completed
+        prompt is offered to the prefix cache and kept for running sequences with the same one.
         """
         if not chunks:
-            return
+            return []
         try:
             out = self.runner.extend(
                 [c.seq.slot for c in chunks], [c.seq.prompt_ids[c.start : c.end] for c in chunks]
@@ -151,23 +128,26 @@ class LLMEngine:
             logger.exception("prefill failed")
             for chunk in chunks:
                 self._fail(chunk.seq, failed, exc)
-            return
+            return []
+        draws: list[Draw] = []
         for row, chunk in enumerate(chunks):
             seq = chunk.seq
             self.scheduler.advance_prefill(chunk)
-            parts = self._prompt_states.setdefault(seq.request_id, [])
-            parts.append(out.states[row])
+            self._prompt_states.setdefault(seq.request_id, []).append(out.states[row])
             if not chunk.last:
                 continue
-            states = torch.cat(self._prompt_states.pop(seq.request_id))
-            mean = states.mean(0)
+            parts = self._prompt_states.pop(seq.request_id)
+            states = parts[0] if len(parts) == 1 else torch.cat(parts)
             if self.prefix_cache.wants(seq.prompt_ids):
                 self.prefix_cache.add(self.runner.save_prompt(seq.slot, seq.prompt_ids, states))
-            self._after_prompt[tuple(seq.prompt_ids)] = (out.logits[row].clone(), mean)
-            self._guarded(seq, failed, seq.on_prefill, out.logits[row], mean)
+            self._after_prompt[tuple(seq.prompt_ids)] = (out.logits[row].clone(), states)
+            draws += self._start(seq, out.logits[row], states, failed)
+        return draws
 
-    def _share_prompts(self, failed: dict[str, str]) -> int:
-        """Copy each ready source's prompt K/V into its followers' slots; the tokens copied."""
+    def _share_prompts(self, failed: dict[str, str]) -> tuple[list[Draw], int]:
+        """Copy each ready source's prompt K/V into its followers' slots and start them; their
+        first draws and the prompt tokens copied."""
+        draws: list[Draw] = []
         copied = 0
         for source, followers in self.scheduler.shares_ready().items():
             length = len(source.prompt_ids)
@@ -178,52 +158,98 @@ class LLMEngine:
                 for follower in followers:
                     self._fail(follower, failed, exc)
                 continue
-            logits, mean = self._after_prompt[tuple(source.prompt_ids)]
+            logits, states = self._after_prompt[tuple(source.prompt_ids)]
             for follower in followers:
                 self.scheduler.shared(follower)
                 copied += length
-                self._guarded(follower, failed, follower.on_prefill, logits.clone(), mean.clone())
-        return copied
+                draws += self._start(follower, logits.clone(), states, failed)
+        return draws, copied
+
+    def _start(
+        self, seq: Sequence, logits: torch.Tensor, states: torch.Tensor, failed: dict[str, str]
+    ) -> list[Draw]:
+        """Hand a sequence whose prompt is in its slot the next-token logits (and, if it uses
+        it, the prompt's mean penultimate state); a plain one's first draw."""
+        state = states.mean(0) if seq.uses_prompt_state else None
+        self._isolated(seq, failed, seq.on_prefill, logits, state)
+        if seq.request_id in failed or isinstance(seq, TreeSequence):
+            return []
+        return [(seq, logits)]
+
+    def _decoding_rows(
+        self, decoding: list[Sequence], starting: set[str], failed: dict[str, str]
+    ) -> list[tuple[Sequence, list[int]]]:
+        """Each decoding row's candidates: a plain row's last token, a tree sequence's proposal.
+
+        Plain rows whose prompt completed this step have no token yet (it is drawn this step).
+        """
+        rows: list[tuple[Sequence, list[int]]] = []
+        for seq in decoding:
+            if seq.request_id in failed or seq.request_id in starting:
+                continue
+            if not isinstance(seq, TreeSequence):
+                rows.append((seq, seq.output_ids[-1:]))
+                continue
+            proposal = self._isolated(seq, failed, seq.propose)
+            if proposal is not None:
+                rows.append((seq, proposal))
+        return rows
 
     def _tree_step(
-        self, batch: list[Sequence], candidates: list[list[int]], failed: dict[str, str]
-    ) -> None:
-        slots = [s.slot for s in batch]
+        self, rows: list[tuple[Sequence, list[int]]], failed: dict[str, str]
+    ) -> list[Draw]:
+        """Evaluate every row's candidates in one forward, commit the kept ones, and project
+        their next-token logits; tree sequences `advance`, plain rows are returned to draw."""
+        batch = [seq for seq, _ in rows]
         try:
-            out = self.runner.tree_step(slots, candidates)
+            out = self.runner.tree_step([s.slot for s in batch], [c for _, c in rows])
         except Exception as exc:
             logger.exception("tree step failed")
             for seq in batch:
                 self._fail(seq, failed, exc)
-            return
-        rows: list[int] = []
+            return []
+        kept_rows: list[int] = []
         picks: list[int] = []
-        for row, seq in enumerate(batch):
-            m = len(candidates[row])
+        for row, (seq, candidates) in enumerate(rows):
+            if not isinstance(seq, TreeSequence):
+                kept_rows.append(row)
+                picks.append(0)
+                continue
+            m = len(candidates)
             probe = None if out.probe is None else out.probe[row, :m]
-            chosen = self._guarded(seq, failed, seq.choose, out.hidden[row, :m], probe)
-            if chosen is not None and chosen != EVALUATE_MORE:
-                rows.append(row)
-                picks.append(chosen)
-        if not rows:
-            return
-        kept = [batch[row] for row in rows]
+            choice = self._isolated(seq, failed, seq.choose, out.hidden[row, :m], probe)
+            if isinstance(choice, Keep):
+                kept_rows.append(row)
+                picks.append(choice.index)
+        if not kept_rows:
+            return []
+        kept = [batch[row] for row in kept_rows]
         self.runner.commit([s.slot for s in kept], picks)
-        logits = self.runner.logits(out.final[rows, picks])
+        logits = self.runner.logits(out.final[kept_rows, picks])
+        trees = [seq for seq in kept if isinstance(seq, TreeSequence)]
+        if trees:
+            tree_rows = [i for i, seq in enumerate(kept) if isinstance(seq, TreeSequence)]
+            self._advance(trees, logits[tree_rows], failed)
+        return [(seq, logits[i]) for i, seq in enumerate(kept) if not isinstance(seq, TreeSequence)]
+
+    def _advance(
+        self, seqs: list[TreeSequence], logits: torch.Tensor, failed: dict[str, str]
+    ) -> None:
+        """Hand each kept tree sequence its next-token logits; apply the rollbacks it returns."""
         try:
-            wanted = self._shortlists(kept, logits)
+            wanted = self._shortlists(seqs, logits)
         except Exception as exc:
             logger.exception("shortlists failed")
-            for seq in kept:
+            for seq in seqs:
                 self._fail(seq, failed, exc)
             return
-        for seq, next_logits, shortlist in zip(kept, logits, wanted, strict=True):
-            keep = self._guarded(seq, failed, seq.advance, next_logits, shortlist)
-            if keep is not None and keep >= 0:
-                self.runner.truncate(seq.slot, len(seq.prompt_ids) + keep)
+        for seq, next_logits, shortlist in zip(seqs, logits, wanted, strict=True):
+            rollback = self._isolated(seq, failed, seq.advance, next_logits, shortlist)
+            if rollback is not None:
+                self.runner.truncate(seq.slot, len(seq.prompt_ids) + rollback.output_tokens)
 
     @staticmethod
-    def _shortlists(seqs: list[Sequence], logits: torch.Tensor) -> list[Shortlist | None]:
+    def _shortlists(seqs: list[TreeSequence], logits: torch.Tensor) -> list[Shortlist | None]:
         """The shortlist each sequence wants of its logits, all computed in one batched pass."""
         wanted = [seq.shortlist_wanted() for seq in seqs]
         rows = [row for row, spec in enumerate(wanted) if spec is not None]
@@ -237,7 +263,38 @@ class LLMEngine:
                 result[row] = shortlist
         return result
 
-    def _guarded(
+    def _sample(self, draws: list[Draw], failed: dict[str, str]) -> None:
+        """Draw every plain row's next token in one batched call and append it to its row."""
+        if not draws:
+            return
+        seqs = [seq for seq, _ in draws]
+        logits = torch.stack([row for _, row in draws])
+        try:
+            tokens = sample_batch(logits, [s.params for s in seqs], [s.generator for s in seqs])
+        except Exception as exc:
+            logger.exception("sampling failed")
+            for seq in seqs:
+                self._fail(seq, failed, exc)
+            return
+        for seq, token, row in zip(seqs, tokens, logits, strict=True):
+            self._isolated(seq, failed, seq.append_token, token, row)
+
+    def _postprocess(
+        self, decoding: list[Sequence], failed: dict[str, str]
+    ) -> dict[str, SequenceOutput[Any]]:
+        """Collect what each decoding sequence produced; release the finished ones."""
+        outputs: dict[str, SequenceOutput[Any]] = {}
+        for seq in decoding:
+            if seq.request_id in failed:
+                continue
+            output = seq.take_output()
+            if output is not None:
+                outputs[seq.request_id] = output
+            if seq.finished:
+                self._release(seq)
+        return outputs
+
+    def _isolated(
         self, seq: Sequence, failed: dict[str, str], call: Callable[..., T], *args: object
     ) -> T | None:
         """Run one sequence's own logic; an exception there fails that sequence alone."""

@@ -1,53 +1,27 @@
-"""One request's decoding state in the torch engine, and the hooks every sequence type offers."""
+"""One request's decoding state in the torch engine: plain sequences and the tree-sequence hooks."""
 
 from __future__ import annotations
 
-import enum
-from typing import Any
+import abc
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from engine.detokenizer import IncrementalDetokenizer
 from engine.outputs import FinishReason, SequenceOutput, TokenLogprob
-from engine.sampling import SamplingParams, Shortlist, sample_batch, token_logprobs
-
-# What `choose` returns to keep none of the candidates yet: the sequence proposes again (more
-# candidates) at the same position next step, and the engine commits nothing for it this step.
-EVALUATE_MORE = -1
-
-
-class Status(enum.Enum):
-    """Where a sequence is in its life."""
-
-    WAITING = "waiting"
-    RUNNING = "running"
-    FINISHED = "finished"
+from engine.sampling import SamplingParams, Shortlist, token_logprobs
 
 
 class Sequence:
-    """A plain request: samples one token per step and feeds it as a single candidate.
-
-    It is also the engine's extension point. `LLMEngine.step()` drives every sequence through
-    the same hooks, and a richer sequence type (the guard's) overrides them:
-
-    - `on_prefill(logits, prompt_state)`: once, after the prompt is in the cache.
-    - `draws_in_batch`: whether the engine's batched sampler draws this sequence's next token
-      (true for sequences that keep the plain `propose`); it then calls `take_draw(token)`.
-    - `propose() -> list[int] | None`: the candidate tokens (at most the runner's
-      `max_candidates`) to evaluate side by side at the next position; None once finished.
-    - `choose(hidden, probe) -> int`: which candidate to keep, given their penultimate-layer
-      states [M, d] and, when the runner has a probe layer, that layer's states [M, d]; or
-      `EVALUATE_MORE`: keep none, propose again (more candidates) at the same position.
-    - `shortlist_wanted() -> (size, temperature) | None`: whether `advance` also wants the
-      top tokens of its logits with their probabilities, computed by the engine for all such
-      rows at once.
-    - `advance(logits, shortlist) -> int`: the kept candidate's next-token logits [V] (and
-      their shortlist, if wanted); returns -1, or how many output tokens the slot keeps (the
-      engine rolls the cache back to that length).
-    - `take_output() -> SequenceOutput | None`: what to send the client since the last call.
-    - `buffer_bytes()`: bytes of hidden states held, for the memory gauge.
+    """A plain request. Each step the engine feeds its last token, samples the next one from
+    the logits in one batched draw with every other plain row, and hands it to `append_token`.
     """
+
+    # Whether `on_prefill` gets the prompt's mean penultimate state; the engine computes it
+    # only for sequence types that set this.
+    uses_prompt_state: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -63,7 +37,6 @@ class Sequence:
         self.params = params
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
-        self.status = Status.WAITING
         self.slot = -1
         self.output_ids: list[int] = []
         self.generated = 0
@@ -75,64 +48,38 @@ class Sequence:
             self.generator.manual_seed(params.seed)
         else:
             self.generator.seed()
-        self._next_logits = torch.empty(0)
-        self._drawn: int | None = None
         self._unsent = ""
         self._unsent_logprobs: list[TokenLogprob] = []
 
     @property
     def finished(self) -> bool:
         """Whether generation has ended."""
-        return self.status is Status.FINISHED
+        return self.finish_reason is not None
 
-    def on_prefill(self, logits: torch.Tensor, prompt_state: torch.Tensor) -> None:
-        """Receive the next-token logits after the prompt and the prompt's mean hidden state."""
-        self._next_logits = logits
-        self.status = Status.RUNNING
+    def on_prefill(self, logits: torch.Tensor, prompt_state: torch.Tensor | None) -> None:
+        """The prompt is in the cache: its next-token logits [V] and, for a sequence type that
+        `uses_prompt_state`, the prompt's mean penultimate state [d] (else None).
 
-    @property
-    def draws_in_batch(self) -> bool:
-        """Whether the engine samples this sequence's next token in its batched draw."""
-        return type(self).propose is Sequence.propose and not self.finished
-
-    @property
-    def next_logits(self) -> torch.Tensor:
-        """Next-token logits [V] the next draw is taken from."""
-        return self._next_logits
-
-    def take_draw(self, token: int) -> None:
-        """Receive the next token, drawn by the engine from `next_logits` with this sequence's
-        params and generator."""
-        self._drawn = token
-
-    def propose(self) -> list[int] | None:
-        """Candidates for the next forward (the drawn token), or None once finished."""
-        if self.finished:
-            return None
-        token = self._drawn
-        if token is None:
-            token = sample_batch(self._next_logits[None], [self.params], [self.generator])[0]
-        self._drawn = None
-        if self.params.logprobs is not None and token not in self.eos_token_ids:
-            self._record_logprob(token)
-        self._accept(token)
-        return None if self.finished else [token]
-
-    def choose(self, hidden: torch.Tensor, probe: torch.Tensor | None = None) -> int:
-        """Pick one of the proposed candidates given their penultimate (and probe) states."""
-        return 0
-
-    def shortlist_wanted(self) -> tuple[int, float] | None:
-        """Size and temperature of the shortlist `advance` wants (None: plain decoding)."""
-        return None
-
-    def advance(self, logits: torch.Tensor, shortlist: Shortlist | None = None) -> int:
-        """Receive the chosen candidate's next-token logits [V] (and the shortlist, if wanted).
-
-        Returns -1, or the number of output tokens the slot keeps (a rollback).
+        A plain sequence needs neither: the engine samples its first token from these logits.
         """
-        self._next_logits = logits
-        return -1
+
+    def append_token(self, token: int, logits: torch.Tensor) -> None:
+        """Take the token the engine sampled from `logits` [V]; end where a stop condition holds.
+
+        Every sampled token counts as generated, an end-of-sequence token included (as in vLLM).
+        """
+        if self.params.logprobs is not None and token not in self.eos_token_ids:
+            self._record_logprob(token, logits)
+        self.generated += 1
+        if token in self.eos_token_ids and not self.params.ignore_eos:
+            self.finish("stop")
+            return
+        self.output_ids.append(token)
+        self._unsent += self.detokenizer.push(token)
+        if self.detokenizer.stopped:
+            self.finish("stop")
+        elif self._at_length_limit():
+            self.finish("length")
 
     def buffer_bytes(self) -> int:
         """Bytes of hidden states this sequence holds (none for plain decoding)."""
@@ -148,35 +95,78 @@ class Sequence:
             logprobs, self._unsent_logprobs = tuple(self._unsent_logprobs), []
         return SequenceOutput(text, self.generated, self.finish_reason, logprobs=logprobs)
 
-    def _record_logprob(self, token: int) -> None:
-        """Note the sampled token's logprob and the requested number of alternatives."""
-        logprob, top = token_logprobs(self._next_logits, token, self.params.logprobs or 0)
-        decode = self.tokenizer.decode
-        alternatives = tuple((decode([t]), value) for t, value in top)
-        self._unsent_logprobs.append(TokenLogprob(decode([token]), logprob, alternatives))
-
     def finish(self, reason: FinishReason) -> None:
         """End generation, releasing any held-back text."""
         self._unsent += self.detokenizer.flush()
         self.finish_reason = reason
-        self.status = Status.FINISHED
 
-    def _accept(self, token: int) -> None:
-        """Append a token to the output and end the sequence where a stop condition holds.
-
-        Every sampled token counts as generated, an end-of-sequence token included (as in vLLM).
-        """
-        self.generated += 1
-        if token in self.eos_token_ids and not self.params.ignore_eos:
-            self.finish("stop")
-            return
-        self.output_ids.append(token)
-        self._unsent += self.detokenizer.push(token)
-        if self.detokenizer.stopped:
-            self.finish("stop")
-        elif self._at_length_limit():
-            self.finish("length")
+    def _record_logprob(self, token: int, logits: torch.Tensor) -> None:
+        """Note the sampled token's logprob and the requested number of alternatives."""
+        logprob, top = token_logprobs(logits, token, self.params.logprobs or 0)
+        decode = self.tokenizer.decode
+        alternatives = tuple((decode([t]), value) for t, value in top)
+        self._unsent_logprobs.append(TokenLogprob(decode([token]), logprob, alternatives))
 
     def _at_length_limit(self) -> bool:
         total = len(self.prompt_ids) + len(self.output_ids)
         return len(self.output_ids) >= self.params.max_tokens or total >= self.max_model_len
+
+
+@dataclass(frozen=True)
+class Keep:
+    """`choose` keeps candidate `index`: the engine commits it and projects its next logits."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class EvaluateMore:
+    """`choose` keeps no candidate yet: the sequence proposes again (more candidates) at the
+    same position next step, and the engine commits nothing for it this step."""
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """`advance` rolls the slot back to the prompt and the first `output_tokens` output tokens
+    (the engine moves the slot's length; the cache beyond it is overwritten later)."""
+
+    output_tokens: int
+
+
+class TreeSequence(Sequence, abc.ABC):
+    """The engine's extension point: a sequence that picks its own tokens among candidates
+    evaluated side by side (Token-Guard's `GuardedSequence` is one).
+
+    `LLMEngine.step()` drives it through these hooks instead of the batched draw, and keeps
+    an exception in any of them to this sequence alone (it fails; the batch goes on):
+
+    - `on_prefill(logits, prompt_state)`: once, after the prompt is in the cache (see
+      `Sequence.on_prefill`; set `uses_prompt_state` to get the prompt state).
+    - `propose() -> list[int] | None`: the candidate tokens (at most the runner's
+      `max_candidates`) to evaluate side by side at the next position; None once finished.
+    - `choose(hidden, probe) -> Keep | EvaluateMore`: given the candidates' penultimate-layer
+      states [M', d] (M' <= M: a prefix of the proposal) and, when the runner has a probe
+      layer, that layer's states [M', d], keep one, or evaluate more next step.
+    - `shortlist_wanted() -> (size, temperature) | None`: whether `advance` also wants the
+      top tokens of its logits with their probabilities, computed for all such rows at once.
+    - `advance(logits, shortlist) -> Rollback | None`: the kept candidate's next-token logits
+      [V] (and their shortlist, if wanted); a `Rollback` moves the slot's length back.
+
+    A tree sequence releases its own text (`_unsent`, `output_ids`) and calls `finish`.
+    """
+
+    @abc.abstractmethod
+    def propose(self) -> list[int] | None:
+        """Candidates to evaluate at the next position, or None once finished."""
+
+    @abc.abstractmethod
+    def choose(self, hidden: torch.Tensor, probe: torch.Tensor | None) -> Keep | EvaluateMore:
+        """Keep one evaluated candidate, or ask for more."""
+
+    def shortlist_wanted(self) -> tuple[int, float] | None:
+        """Size and temperature of the shortlist `advance` wants (None: none)."""
+        return None
+
+    @abc.abstractmethod
+    def advance(self, logits: torch.Tensor, shortlist: Shortlist | None) -> Rollback | None:
+        """Receive the kept candidate's next-token logits; roll the slot back, or not."""

@@ -187,16 +187,20 @@ AnswerCheck = Callable[[str], bool]
 
 @dataclass(frozen=True)
 class GuardRun:
-    """What a guarded generation needs beyond sampling.
+    """A guarded generation's complete settings: what the guard engine and each of its
+    guarded sequences receive, whole.
 
-    `stream`: the client reads text as it comes, so accepted segments are released at once
-    instead of after the global check. `evidence`: the claim verifier's view of a segment's
-    text against the conversation (E_k of Eq. 14, the claim to roll back); None means E_k = 1.
-    `answer_check`: whether the claim verifier finds a whole answer supported, for choosing
-    among chains (`prefer_supported`); None: chains are chosen without it.
+    `config`: the request's guard settings. `stream`: the client reads text as it comes, so
+    accepted segments are released at once instead of after the global check. `evidence`: the
+    claim verifier's view of a segment's text against the conversation (E_k of Eq. 14, the
+    claim to roll back); None means E_k = 1. `answer_check`: whether the claim verifier finds a
+    whole answer supported, for choosing among chains (`prefer_supported`); None: chains are
+    chosen without it. `explore`: this chain samples among the passing candidates (the extra
+    chains of `config.chains`) instead of keeping the best one.
     """
 
     config: GuardConfig
     stream: bool = False
     evidence: EvidenceCheck | None = None
     answer_check: AnswerCheck | None = None
+    explore: bool = False

@@ -11,9 +11,9 @@ from transformers import PreTrainedTokenizerBase
 
 from engine.outputs import SequenceOutput
 from engine.sampling import SamplingParams, Shortlist
-from engine.sequence import EVALUATE_MORE, Sequence
+from engine.sequence import EvaluateMore, Keep, Rollback, TreeSequence
 from guard import scoring
-from guard.config import EvidenceCheck, GuardConfig, SegmentEvidence
+from guard.config import GuardRun, SegmentEvidence
 from guard.report import GlobalReport, GuardReport, SegmentReport
 
 Embedder = Callable[[list[int]], torch.Tensor]
@@ -65,7 +65,7 @@ def marker_joint(text: str) -> str:
     return " " if text.endswith(SENTENCE_ENDS) else "... "
 
 
-class GuardedSequence(Sequence):
+class GuardedSequence(TreeSequence):
     """Token-Guard decoding of one chain on the batched tree step.
 
     Each step proposes the top-M candidates of the current position; the tree step returns
@@ -76,9 +76,15 @@ class GuardedSequence(Sequence):
     A segment closes at a boundary and is scored (Eq. 8-12): accepted segments join the chain,
     weak ones are regenerated from the window around their weakest token (Eq. 13) by rolling
     the slot back, failing ones end the chain. At the end the chain is checked (Eq. 14-18).
-    Text leaves the sequence only once its segment is accepted; with `hold_until_checked`
-    it waits for the global check, which then may re-decode the chain with adjusted thresholds.
+    Text leaves the sequence only once its segment is accepted; unless the run streams, it
+    waits for the global check, which then may re-decode the chain with adjusted thresholds.
+
+    `run` holds the request's settings; `embed` and `risk` are the model's: its input
+    embeddings (F_logic) and, when it has one, its hallucination probe (used unless the
+    settings say `token_score: "paper"`).
     """
+
+    uses_prompt_state = True  # h_x of Eq. 4
 
     def __init__(
         self,
@@ -88,21 +94,19 @@ class GuardedSequence(Sequence):
         tokenizer: PreTrainedTokenizerBase,
         eos_token_ids: frozenset[int],
         max_model_len: int,
-        config: GuardConfig,
+        run: GuardRun,
         embed: Embedder,
-        evidence: EvidenceCheck | None = None,
-        hold_until_checked: bool = True,
-        explore: bool = False,
         risk: RiskScorer | None = None,
     ) -> None:
         super().__init__(request_id, prompt_ids, params, tokenizer, eos_token_ids, max_model_len)
+        config = run.config
         self.config = config
         self.embed = embed
-        self.evidence = evidence
+        self.evidence = run.evidence
         # The probe's P(unsupported) of a candidate state replaces cos(h, h-bar) in F_tok.
         self.risk = risk if config.token_score != "paper" else None
-        self.hold_until_checked = hold_until_checked
-        self.explore = explore and config.sampling_temperature > 0
+        self.hold_until_checked = not run.stream
+        self.explore = run.explore and config.sampling_temperature > 0
         self.tau_low = config.tau_low
         self.tau_high = config.tau_high
         self.report = GuardReport(mode="guard")
@@ -122,9 +126,9 @@ class GuardedSequence(Sequence):
 
     # -- engine interface -------------------------------------------------------------------
 
-    def on_prefill(self, logits: torch.Tensor, prompt_state: torch.Tensor) -> None:
+    def on_prefill(self, logits: torch.Tensor, prompt_state: torch.Tensor | None) -> None:
         """Anchor h_x = mean prompt state (Eq. 4) and the first position's candidates."""
-        super().on_prefill(logits, prompt_state)
+        assert prompt_state is not None  # uses_prompt_state
         self._h_x = prompt_state.float().cpu()  # the guard's arithmetic runs on the CPU
         self._chain_mean = (self._h_x, 1)
         self._first_options = self._next = self._shortlist(logits)
@@ -141,11 +145,13 @@ class GuardedSequence(Sequence):
         tokens = self._proposed[0]
         return tokens if self._evaluate_all else tokens[:1]
 
-    def choose(self, hidden: torch.Tensor, probe: torch.Tensor | None = None) -> int:
+    def choose(
+        self, hidden: torch.Tensor, probe: torch.Tensor | None = None
+    ) -> Keep | EvaluateMore:
         """Score the candidates from their states (Eq. 5-6) and keep the best one (Eq. 7).
 
-        Given fewer states than candidates, returns `EVALUATE_MORE` when an unscored candidate
-        could beat the scored ones (`scoring.unscored_bound`).
+        Given fewer states than candidates, evaluates more when an unscored candidate could
+        beat the scored ones (`scoring.unscored_bound`).
         """
         tokens, probs = self._proposed
         segment = self._segment
@@ -159,7 +165,7 @@ class GuardedSequence(Sequence):
         unscored = probs[len(hidden) :]
         if float(f.max()) < scoring.unscored_bound(unscored, self.config.lam):
             self._evaluate_all = True
-            return EVALUATE_MORE
+            return EvaluateMore()
         self._evaluate_all = self.explore
         chosen, passed = scoring.select_candidate(f, self.config.tau_token)
         if self.explore:
@@ -175,26 +181,23 @@ class GuardedSequence(Sequence):
             record = TokenRecord(tokens[chosen], state, float(f[chosen]), self._next, risk)
             segment.tokens.append(record)
         self._track_buffer()
-        return chosen
+        return Keep(chosen)
 
     def shortlist_wanted(self) -> tuple[int, float]:
         """Size and temperature of the next position's candidate shortlist (Eq. 5's P)."""
         return self.config.num_candidates + self.config.n_max + 1, self.config.score_temperature
 
-    def advance(self, logits: torch.Tensor, shortlist: Shortlist | None = None) -> int:
+    def advance(self, logits: torch.Tensor, shortlist: Shortlist | None = None) -> Rollback | None:
         """Take the chosen token's next-token logits (or their shortlist, when the engine
-        computed it); close the segment at a boundary.
-
-        Returns -1, or the output length to roll the slot back to (refinement, re-decode).
-        """
+        computed it); close the segment at a boundary, which may roll the slot back
+        (refinement, re-decode)."""
         self._next = shortlist if shortlist is not None else self._shortlist(logits)
         self.report.timings.token_s += time.perf_counter() - self._step_started
         last = self._segment.tokens[-1].token if self._segment.tokens else None
         final = self._ended or self._out_of_room() or self._hit_stop_string()
         if final or (last is not None and self._at_boundary(last)):
-            keep = self._close_segment(final=final)
-            return -1 if keep is None else keep
-        return -1
+            return self._close_segment(final=final)
+        return None
 
     def take_output(self) -> SequenceOutput[GuardReport] | None:
         """Released text; the final output carries the report and counts every decoded token."""
@@ -205,8 +208,8 @@ class GuardedSequence(Sequence):
 
     # -- segments ---------------------------------------------------------------------------
 
-    def _close_segment(self, final: bool) -> int | None:
-        """Stage 2 on the open segment; returns an output length to roll back to, if refining."""
+    def _close_segment(self, final: bool) -> Rollback | None:
+        """Stage 2 on the open segment; a rollback when it refines or the chain re-decodes."""
         started = time.perf_counter()
         segment = self._segment
         if not segment.tokens:
@@ -274,7 +277,7 @@ class GuardedSequence(Sequence):
         self._open_segment()
         return None
 
-    def _regenerate(self, start: int, ban_at: int) -> int:
+    def _regenerate(self, start: int, ban_at: int) -> Rollback:
         """Ban the token at `ban_at` there and re-decode the open segment from `start`.
 
         Eq. 13's refinement (the weakest token, from its window's start) and the claim
@@ -292,7 +295,7 @@ class GuardedSequence(Sequence):
             segment.mean = scoring.update_running_mean(segment.mean, segment.count, record.hidden)
             segment.count += 1
         self.report.timings.refinement_s += time.perf_counter() - started
-        return self._chain_tokens() + len(segment.tokens)
+        return Rollback(self._chain_tokens() + len(segment.tokens))
 
     def _token_at(self, ids: list[int], offset: int) -> int:
         """Index of the token whose decoded text covers char `offset` of the segment's text."""
@@ -311,7 +314,7 @@ class GuardedSequence(Sequence):
 
     # -- chain ------------------------------------------------------------------------------
 
-    def _end_chain(self) -> int | None:
+    def _end_chain(self) -> Rollback | None:
         """Stage 3: global check (Eq. 14-18), then answer, abstain, or re-decode (rollback 0)."""
         started = time.perf_counter()
         if not self.chain:
@@ -347,7 +350,7 @@ class GuardedSequence(Sequence):
         self._fail("global_check_failed" if not both_low else "fact_and_logic_below_half")
         return None
 
-    def _retry_chain(self, tau_low: float, tau_high: float) -> int:
+    def _retry_chain(self, tau_low: float, tau_high: float) -> Rollback:
         """Re-decode the chain from the prompt under adjusted segment thresholds (Eq. 18)."""
         self.iterations += 1
         self.tau_low, self.tau_high = tau_low, tau_high
@@ -356,7 +359,7 @@ class GuardedSequence(Sequence):
         self._chain_mean = (self._h_x, 1)
         self._next = self._first_options
         self._open_segment()
-        return 0
+        return Rollback(0)
 
     def _answer_risk(self) -> float | None:
         """The probe's risk of the answer: that of its last token's state (None without a probe).

@@ -28,7 +28,7 @@ from groundedqa.metrics import gold_in_answer
 from groundedqa.prompts import grounded_messages, grounded_prompt_ids
 from guard.calibration import ChainSetting, GuardCalibration
 from guard.chains import pick_chain
-from guard.config import GuardConfig, SegmentEvidence
+from guard.config import GuardConfig, GuardRun, SegmentEvidence
 from guard.guarded_sequence import GuardedSequence
 from guard.probe import HallucinationProbe
 from guard.report import GuardReport
@@ -109,10 +109,10 @@ def decode_guarded(
                 tokenizer,
                 eos,
                 runner.max_model_len,
-                config,
+                GuardRun(
+                    config, evidence=evidence if config.use_evidence else None, explore=chain > 0
+                ),
                 runner.embed,
-                evidence=evidence if config.use_evidence else None,
-                explore=chain > 0,
                 risk=None if probe is None else probe.risk,
             )
             seqs[seq.request_id] = (item, seq)

@@ -15,7 +15,7 @@ from engine.model_runner import ModelRunner, pick_device, pick_dtype
 from guard.config import MAX_CANDIDATES
 from guard.probe import GuardAssets, find_guard_dir
 from server.config import ServerConfig
-from server.engines.base import Engine
+from server.engines.base import Engine, GuardEngine
 from server.engines.dispatcher import LeastLoadedDispatcher
 from server.engines.torch_engine import TorchEngine
 
@@ -42,7 +42,7 @@ class Engines:
 
     tokenizer: PreTrainedTokenizerBase
     plain: Engine
-    guard: Engine
+    guard: GuardEngine
     dtype: str
     max_model_len: int
     guard_assets: GuardAssets | None = None
@@ -135,7 +135,7 @@ def build_torch_engines(
     dtype: str,
     max_model_len: int,
     assets: GuardAssets | None,
-) -> Engine:
+) -> GuardEngine:
     """A slot-cache runner per device, each with its worker thread, behind one dispatcher.
 
     Each runner's metrics carry its own `engine` label (`torch-<device>`, numbered when several).

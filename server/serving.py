@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 
-from pydantic import ValidationError
 from transformers import PreTrainedTokenizerBase
 
 from engine.outputs import SequenceOutput
 from engine.sampling import SamplingParams
-from guard.config import GuardConfig, GuardRun
+from guard.config import GuardConfig
 from guard.report import GuardReport
 from server import metrics
-from server.engines.base import Engine, EngineError
+from server.engines.base import Engine, EngineError, GuardEngine
 from server.errors import invalid_request, model_not_found
+from server.plan import RequestPlan, plan_request
 from server.protocol import (
     AssistantMessage,
     ChatCompletion,
@@ -37,54 +36,27 @@ from server.verification import ClaimChecker, conversation_context
 
 @dataclass(frozen=True)
 class Prepared:
-    """A validated request: its prompt tokens, one sampling setup per choice, and guard settings."""
+    """A validated request: its prompt tokens, one sampling setup per choice, and its plan."""
 
     request: ChatCompletionRequest
     prompt_ids: list[int]
     params: list[SamplingParams]
-    guard: GuardConfig | None
-    mode: str
+    plan: RequestPlan
     context: str
     arrival: float = field(default_factory=time.perf_counter)
 
     @property
+    def mode(self) -> str:
+        """plain, verify or guard: the plan's mode, which labels the request's metrics."""
+        return self.plan.mode
+
+    @property
     def sequences(self) -> int:
         """Sequences the engine runs for this request: one per choice, times guard chains."""
-        return len(self.params) * _chains(self.guard)
+        return len(self.params) * self.plan.sequences_per_choice
 
 
 Output = SequenceOutput[GuardReport]
-
-
-def _chains(guard: GuardConfig | None) -> int:
-    """Sequences per choice: the guard's chains when Token-Guard decodes, else one."""
-    return guard.chains if guard is not None and guard.mode == "guard" else 1
-
-
-def resolve_guard(
-    body: dict | None, header: str | None, default: GuardConfig
-) -> GuardConfig | None:
-    """Guard settings of a request: body `guard` overrides, `X-Guard` header, server default.
-
-    Settings in the body without `enabled` ask for guarding (`enabled: true`), unless the
-    header says `off`; `{"enabled": false, ...}` stays off.
-    """
-    overrides = dict(body or {})
-    if header is not None:
-        value = header.strip().lower()
-        if value not in ("on", "off"):
-            raise invalid_request("X-Guard must be 'on' or 'off'", param="X-Guard")
-        overrides.setdefault("enabled", value == "on")
-    if overrides and "enabled" not in overrides:
-        overrides["enabled"] = True
-    try:
-        config = GuardConfig.merged(default, overrides)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        param = f"guard.{where}" if where else "guard"
-        raise invalid_request(f"{param}: {first['msg']}", param=param) from exc
-    return config if config.enabled else None
 
 
 class ChatService:
@@ -95,7 +67,7 @@ class ChatService:
         *,
         tokenizer: PreTrainedTokenizerBase,
         plain_engine: Engine,
-        guard_engine: Engine,
+        guard_engine: GuardEngine,
         served_model_names: list[str],
         max_model_len: int,
         max_num_seqs: int,
@@ -117,14 +89,18 @@ class ChatService:
         """Validate a request against the model and limits; raise APIError on bad input."""
         if request.model not in self.served_model_names:
             raise model_not_found(request.model)
-        guard = resolve_guard(request.guard, guard_header, self.guard_default)
-        if guard is not None and guard.token_score == "probe" and not self.has_probe:
-            raise invalid_request(
-                "guard.token_score: this model has no hallucination probe ('paper' works)",
-                param="guard.token_score",
-            )
-        self._check_sequences(request.n, guard)
-        schema = self._check_decoding_options(request, guard)
+        context = conversation_context(request.messages)
+        plan = plan_request(
+            request.guard,
+            guard_header,
+            self.guard_default,
+            has_probe=self.has_probe,
+            stream=request.stream,
+            checker=self.checker,
+            context=context,
+        )
+        self._check_sequences(request.n, plan)
+        schema = self._check_decoding_options(request, plan)
         prompt_ids = self._prompt_ids(request)
         room = self.max_model_len - len(prompt_ids)
         if room <= 0:
@@ -157,13 +133,11 @@ class ChatService:
             )
             for index in range(request.n)
         ]
-        mode = "plain" if guard is None else guard.mode
-        context = conversation_context(request.messages)
-        return Prepared(request, prompt_ids, params, guard, mode, context)
+        return Prepared(request, prompt_ids, params, plan, context)
 
-    def _check_sequences(self, n: int, guard: GuardConfig | None) -> None:
+    def _check_sequences(self, n: int, plan: RequestPlan) -> None:
         """A request may run at most `max_num_seqs` sequences (n choices x guard chains)."""
-        chains = _chains(guard)
+        chains = plan.sequences_per_choice
         if n * chains > self.max_num_seqs:
             where = f"n ({n}) x guard.chains ({chains})" if chains > 1 else f"n ({n})"
             raise invalid_request(
@@ -173,10 +147,10 @@ class ChatService:
             )
 
     def _check_decoding_options(
-        self, request: ChatCompletionRequest, guard: GuardConfig | None
+        self, request: ChatCompletionRequest, plan: RequestPlan
     ) -> str | None:
         """Refuse options the chosen engine cannot honour; the output schema, if any."""
-        guarded = guard is not None and guard.mode == "guard"
+        guarded = plan.guard is not None
         if guarded and request.logprobs:
             raise invalid_request(
                 "logprobs are not available for guarded requests (guard.enabled).",
@@ -202,31 +176,17 @@ class ChatService:
             raise invalid_request(f"messages: {exc}", param="messages") from exc
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
-    def _engine(self, prepared: Prepared) -> Engine:
-        return self.guard_engine if prepared.mode == "guard" else self.plain_engine
-
-    def _guard_run(self, prepared: Prepared) -> GuardRun | None:
-        config = prepared.guard
-        if config is None or config.mode != "guard":
-            return None
-        evidence = answer_check = None
-        if config.use_evidence:
-            evidence = functools.partial(self.checker.evidence, context=prepared.context)
-        if config.prefer_supported and config.chains > 1:
-            answer_check = functools.partial(self.checker.supported, context=prepared.context)
-        return GuardRun(
-            config, stream=prepared.request.stream, evidence=evidence, answer_check=answer_check
-        )
-
     def _generations(self, prepared: Prepared, rid: str) -> list[AsyncIterator[Output]]:
-        engine = self._engine(prepared)
-        run = self._guard_run(prepared)
+        """One stream per choice, on the engine the plan names (claims added if it asks)."""
+        run = prepared.plan.guard
+        ids = prepared.prompt_ids
         streams = [
-            engine.generate(f"{rid}-{i}", prepared.prompt_ids, params, run)
+            self.plain_engine.generate(f"{rid}-{i}", ids, params)
+            if run is None
+            else self.guard_engine.generate_guarded(f"{rid}-{i}", ids, params, run)
             for i, params in enumerate(prepared.params)
         ]
-        config = prepared.guard
-        if config is not None and (config.mode == "verify" or config.include_claims):
+        if prepared.plan.check_claims:
             return [self._with_claims(stream, prepared.context) for stream in streams]
         return streams
 

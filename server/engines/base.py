@@ -1,4 +1,4 @@
-"""The async interface every engine offers the serving layer."""
+"""The async interfaces engines offer the serving layer: plain generation, and guarded."""
 
 from __future__ import annotations
 
@@ -20,17 +20,13 @@ class EngineInputError(EngineError):
 
 
 class Engine(Protocol):
-    """An engine that streams generations for token-id prompts."""
+    """An engine that streams plain generations for token-id prompts."""
 
     name: str
 
     def generate(
-        self,
-        request_id: str,
-        prompt_ids: list[int],
-        params: SamplingParams,
-        guard: GuardRun | None = None,
-    ) -> AsyncIterator[SequenceOutput[GuardReport]]:
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[SequenceOutput[None]]:
         """Stream chunks until the generation finishes; closing the iterator aborts it."""
         ...
 
@@ -40,4 +36,14 @@ class Engine(Protocol):
 
     async def shutdown(self) -> None:
         """Stop the engine and release its resources."""
+        ...
+
+
+class GuardEngine(Engine, Protocol):
+    """An engine that also runs Token-Guard generations (the torch engine)."""
+
+    def generate_guarded(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams, run: GuardRun
+    ) -> AsyncIterator[SequenceOutput[GuardReport]]:
+        """Stream a guarded generation under `run`'s settings; the final chunk has the report."""
         ...

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, replace
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class _Submit:
     seq: Sequence
-    sink: asyncio.Queue[SequenceOutput[GuardReport] | EngineError]
+    sink: asyncio.Queue[SequenceOutput[Any] | EngineError]
     loop: asyncio.AbstractEventLoop
 
 
@@ -79,57 +80,66 @@ class TorchEngine:
         return running, self._active - running
 
     async def generate(
-        self,
-        request_id: str,
-        prompt_ids: list[int],
-        params: SamplingParams,
-        guard: GuardRun | None = None,
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[SequenceOutput[None]]:
+        """Stream a plain sequence's output; leaving early aborts it and frees its slot."""
+        seq = Sequence(
+            request_id,
+            prompt_ids,
+            params,
+            self.tokenizer,
+            self.eos_token_ids,
+            self.runner.max_model_len,
+        )
+        async for output in self._run(seq):
+            yield output
+
+    async def generate_guarded(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams, run: GuardRun
     ) -> AsyncIterator[SequenceOutput[GuardReport]]:
-        """Stream a sequence's output; leaving early aborts it and frees its slot."""
-        if guard is not None and guard.config.chains > 1:
-            yield await self._chains(request_id, prompt_ids, params, guard)
+        """Stream a guarded sequence's output (with several chains: the chosen chain's, as one
+        chunk); leaving early aborts it and frees its slot."""
+        if run.config.chains > 1:
+            yield await self._chains(request_id, prompt_ids, params, run)
             return
-        async for output in self._run(self._make_sequence(request_id, prompt_ids, params, guard)):
+        async for output in self._run(self._guarded(request_id, prompt_ids, params, run)):
             yield output
 
     async def _chains(
-        self, request_id: str, prompt_ids: list[int], params: SamplingParams, guard: GuardRun
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams, run: GuardRun
     ) -> SequenceOutput[GuardReport]:
         """Decode `chains` chains side by side (held to the end); the guard picks the answer,
         after the claim verifier has checked the passing ones (in a worker thread, off the
         engine loop) when the request prefers supported answers."""
+        config = run.config
         seed = params.seed if params.seed is not None else random.randrange(2**31)
-        held = replace(guard, stream=False)
         runs = [
             self._collect(
-                self._make_sequence(
+                self._guarded(
                     f"{request_id}/chain{c}",
                     prompt_ids,
                     replace(params, seed=seed + c),
-                    held,
-                    explore=c > 0,
+                    replace(run, stream=False, explore=c > 0),
                 )
             )
-            for c in range(guard.config.chains)
+            for c in range(config.chains)
         ]
         results = list(await asyncio.gather(*runs))
-        if guard.answer_check is None or not guard.config.prefer_supported:
-            return best_chain(results, guard.config.clusters, seed, guard.config.chain_choice)
-        check = guard.answer_check
+        if run.answer_check is None or not config.prefer_supported:
+            return best_chain(results, config.clusters, seed, config.chain_choice)
+        check = run.answer_check
         start = time.perf_counter()
         supported = await asyncio.to_thread(
             lambda: [check(r.text) if chain_score(r) is not None else None for r in results]
         )
         checked_s = time.perf_counter() - start
-        chosen = best_chain(
-            results, guard.config.clusters, seed, guard.config.chain_choice, supported
-        )
+        chosen = best_chain(results, config.clusters, seed, config.chain_choice, supported)
         if chosen.report is None:
             return chosen
         timings = chosen.report.timings.model_copy(update={"check_s": checked_s})
         return replace(chosen, report=chosen.report.model_copy(update={"timings": timings}))
 
-    async def _collect(self, seq: Sequence) -> SequenceOutput[GuardReport]:
+    async def _collect(self, seq: GuardedSequence) -> SequenceOutput[GuardReport]:
         """Run a sequence to its end; its whole output as one (aborted if cancelled)."""
         whole: SequenceOutput[GuardReport] = SequenceOutput("", 0)
         async with aclosing(self._run(seq)) as stream:
@@ -137,10 +147,10 @@ class TorchEngine:
                 whole = whole.followed_by(output)
         return whole
 
-    async def _run(self, seq: Sequence) -> AsyncIterator[SequenceOutput[GuardReport]]:
+    async def _run(self, seq: Sequence) -> AsyncIterator[SequenceOutput[Any]]:
         """Submit a sequence to the worker and relay its outputs; leaving early aborts it."""
         request_id = seq.request_id
-        sink: asyncio.Queue[SequenceOutput[GuardReport] | EngineError] = asyncio.Queue()
+        sink: asyncio.Queue[SequenceOutput[Any] | EngineError] = asyncio.Queue()
         self._inbox.put(_Submit(seq, sink, asyncio.get_running_loop()))
         self._active += 1
         finished = False
@@ -161,27 +171,21 @@ class TorchEngine:
         self._inbox.put(None)
         await asyncio.to_thread(self._thread.join, 10)
 
-    def _make_sequence(
-        self,
-        request_id: str,
-        prompt_ids: list[int],
-        params: SamplingParams,
-        guard: GuardRun | None,
-        explore: bool = False,
-    ) -> Sequence:
-        args = (request_id, prompt_ids, params, self.tokenizer, self.eos_token_ids)
-        if guard is not None:
-            return GuardedSequence(
-                *args,
-                self.runner.max_model_len,
-                guard.config,
-                self.runner.embed,
-                evidence=guard.evidence,
-                hold_until_checked=not guard.stream,
-                explore=explore,
-                risk=None if self.probe is None else self.probe.risk,
-            )
-        return Sequence(*args, self.runner.max_model_len)
+    def _guarded(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams, run: GuardRun
+    ) -> GuardedSequence:
+        """A guarded sequence under `run`, scoring with this runner's embeddings and probe."""
+        return GuardedSequence(
+            request_id,
+            prompt_ids,
+            params,
+            self.tokenizer,
+            self.eos_token_ids,
+            self.runner.max_model_len,
+            run,
+            self.runner.embed,
+            risk=None if self.probe is None else self.probe.risk,
+        )
 
     def _loop(self) -> None:
         if self.threads is not None:
@@ -239,7 +243,7 @@ class TorchEngine:
         )
 
     def _deliver(
-        self, request_id: str, item: SequenceOutput[GuardReport] | EngineError, done: bool
+        self, request_id: str, item: SequenceOutput[Any] | EngineError, done: bool
     ) -> None:
         submit = self._sinks.pop(request_id, None) if done else self._sinks.get(request_id)
         if submit is not None:

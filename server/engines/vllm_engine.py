@@ -7,8 +7,6 @@ from typing import TYPE_CHECKING
 
 from engine.outputs import SequenceOutput, TokenLogprob
 from engine.sampling import SamplingParams
-from guard.config import GuardRun
-from guard.report import GuardReport
 from server import metrics
 from server.engines.base import EngineError, EngineInputError
 
@@ -71,12 +69,8 @@ class VllmEngine:
         metrics.REQUESTS_WAITING.labels(self.name).set(self._waiting)
 
     async def generate(
-        self,
-        request_id: str,
-        prompt_ids: list[int],
-        params: SamplingParams,
-        guard: GuardRun | None = None,
-    ) -> AsyncIterator[SequenceOutput[GuardReport]]:
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[SequenceOutput[None]]:
         """Stream deltas; closing the iterator early aborts the request inside vLLM."""
         from vllm import SamplingParams as VllmSamplingParams
         from vllm.exceptions import VLLMClientError

@@ -83,7 +83,7 @@ def test_each_runner_reports_its_own_guard_buffer(
     params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
 
     async def one(index: int) -> None:
-        async for _ in dispatcher.generate(f"g{index}", [5, 6, 7], params, guard):
+        async for _ in dispatcher.generate_guarded(f"g{index}", [5, 6, 7], params, guard):
             pass
 
     async def main() -> None:

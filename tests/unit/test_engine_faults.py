@@ -16,11 +16,11 @@ class BrokenSequence(Sequence):
 
     steps = 0
 
-    def choose(self, hidden: torch.Tensor, probe: torch.Tensor | None = None) -> int:
+    def append_token(self, token: int, logits: torch.Tensor) -> None:
         self.steps += 1
         if self.steps == 3:
             raise RuntimeError("boom")
-        return super().choose(hidden, probe)
+        super().append_token(token, logits)
 
 
 def make(cls: type[Sequence], rid: str, tokenizer: PreTrainedTokenizerFast) -> Sequence:

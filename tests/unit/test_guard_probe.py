@@ -69,7 +69,7 @@ def test_sweep_picks_the_layer_that_separates() -> None:
 def test_collected_answers_are_cached_and_reused(
     tiny_llama: LlamaForCausalLM, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from guard import probe_fit
+    from guardfit import probe_fit
 
     made: list[int] = []
 

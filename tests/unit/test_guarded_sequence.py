@@ -15,7 +15,7 @@ from engine.model_runner import ModelRunner, TreeOutput
 from engine.outputs import SequenceOutput
 from engine.sampling import SamplingParams, Shortlist
 from engine.sequence import Sequence
-from guard.config import EvidenceCheck, GuardConfig, SegmentEvidence
+from guard.config import EvidenceCheck, GuardConfig, GuardRun, SegmentEvidence
 from guard.guarded_sequence import (
     GuardedSequence,
     RiskScorer,
@@ -53,10 +53,8 @@ def guarded(
         tokenizer,
         EOS,
         engine.runner.max_model_len,
-        config,
+        GuardRun(config, stream=not hold, evidence=evidence),
         engine.runner.embed,
-        evidence=evidence,
-        hold_until_checked=hold,
         risk=risk,
     )
 
@@ -322,7 +320,7 @@ def test_evaluating_the_likeliest_candidate_first_keeps_eager_choices(
             tiny_tokenizer,
             EOS,
             256,
-            config,
+            GuardRun(config),
             engine.runner.embed,
             risk=risk,
         )

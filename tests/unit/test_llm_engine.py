@@ -106,7 +106,9 @@ def test_chunked_prompt_state_is_the_mean_over_the_whole_prompt(
     states: dict[str, torch.Tensor] = {}
 
     class Recording(Sequence):
-        def on_prefill(self, logits: torch.Tensor, prompt_state: torch.Tensor) -> None:
+        uses_prompt_state = True
+
+        def on_prefill(self, logits: torch.Tensor, prompt_state: torch.Tensor | None) -> None:
             states[self.request_id] = prompt_state
             super().on_prefill(logits, prompt_state)
 
@@ -169,7 +171,9 @@ def test_followers_get_the_prompt_state_of_the_sequence_that_prefilled(
     states: dict[str, torch.Tensor] = {}
 
     class Recording(Sequence):
-        def on_prefill(self, logits: torch.Tensor, prompt_state: torch.Tensor) -> None:
+        uses_prompt_state = True
+
+        def on_prefill(self, logits: torch.Tensor, prompt_state: torch.Tensor | None) -> None:
             states[self.request_id] = prompt_state
             super().on_prefill(logits, prompt_state)
 

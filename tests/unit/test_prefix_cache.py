@@ -55,7 +55,9 @@ def test_a_document_asked_about_again_prefills_only_the_new_question(
     states: dict[str, torch.Tensor] = {}
 
     class Recording(Sequence):
-        def on_prefill(self, logits: torch.Tensor, prompt_state: torch.Tensor) -> None:
+        uses_prompt_state = True
+
+        def on_prefill(self, logits: torch.Tensor, prompt_state: torch.Tensor | None) -> None:
             states[self.request_id] = prompt_state
             super().on_prefill(logits, prompt_state)
 
