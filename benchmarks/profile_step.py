@@ -4,8 +4,9 @@ Short by design (seconds): loads the default model, prefills B short prompts, th
 `tree_step` + `commit` + `logits` + batched sampling, best of `--repeats`, and with `--profile`
 prints torch.profiler's top operators for one step. `--prefill` also times one prefill of B
 prompts of the serving benchmark's lengths; `--prepack both` times every cell with plain and
-with prepacked weights, `--attention both` with SDPA and with grouped-matmul attention,
-alternated in one process (the machine's slow spells fall on both).
+with prepacked weights (`all`: also prepacked for every row count, where float32 products of few
+rows otherwise stay on MKL: `engine.llama.MKL_SMALL_ROWS`), `--attention both` with SDPA and with
+grouped-matmul attention, alternated in one process (the machine's slow spells fall on both).
 
     python -m benchmarks.profile_step --batch 1 8 32 [--candidates 1 4] [--eager-hf] [--profile]
 """
@@ -73,6 +74,17 @@ def time_prefill(runner: ModelRunner, batch: int, lengths: list[int]) -> float:
     return time.perf_counter() - start
 
 
+def prepack_setting(prepacked: bool, plain_below: int) -> Callable[[LlamaForward], None]:
+    """A variant: every projection prepacked or plain, products of fewer rows on `F.linear`."""
+
+    def apply(native: LlamaForward) -> None:
+        native.set_prepacked(prepacked)
+        for projection in native.projections():
+            projection.plain_below = plain_below
+
+    return apply
+
+
 def main() -> None:
     """Parse flags, load the default model, print per-step times (and a profile)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -90,9 +102,10 @@ def main() -> None:
     parser.add_argument("--prefill", action="store_true", help="Also time one prefill per batch.")
     parser.add_argument(
         "--prepack",
-        choices=["auto", "both"],
+        choices=["auto", "both", "all"],
         default="auto",
-        help="both: every cell with plain and prepacked weights, alternated (bf16, compact).",
+        help="both: every cell with plain and prepacked weights, alternated (compact); all: also "
+        "prepacked for every row count.",
     )
     parser.add_argument(
         "--attention",
@@ -117,13 +130,16 @@ def main() -> None:
     lengths = prompt_lengths(AutoTokenizer.from_pretrained(str(resolve_model(None))))
     # Each variant: a setting of the compact forward (None: as loaded).
     variants: dict[str, Callable[[LlamaForward], None] | None] = {"as loaded": None}
-    if "both" in (args.prepack, args.attention) and runner.native is None:
-        raise SystemExit("--prepack/--attention both need the compact forward")
-    if args.prepack == "both":
+    if (args.prepack != "auto" or args.attention != "auto") and runner.native is None:
+        raise SystemExit("--prepack/--attention need the compact forward")
+    if args.prepack != "auto":
+        plain_below = runner.native.head.plain_below
         variants = {
-            "plain weights": lambda native: native.set_prepacked(False),
-            "prepacked": lambda native: native.set_prepacked(True),
+            "plain weights": prepack_setting(False, plain_below),
+            "prepacked": prepack_setting(True, plain_below),
         }
+        if args.prepack == "all":
+            variants["prepacked, every row"] = prepack_setting(True, 0)
     elif args.attention == "both":
         variants = {
             "sdpa": lambda native: setattr(native, "grouped_attention", False),

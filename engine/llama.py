@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import platform
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -23,13 +26,29 @@ class ForwardStates:
     probe: torch.Tensor | None
 
 
+# On an Intel CPU a float32 product of fewer rows than this stays on MKL (`F.linear`): on a
+# 2-core Xeon with AVX512, one product of the default model took MKL 0.5-0.8x oneDNN's prepacked
+# time at 1-3 rows, 1.2-2.5x at 4-8 rows, about the same at prefill widths (a loaded machine).
+# On the 2-core AMD EPYC measured, oneDNN's made even a 1-row step 0.58x as long (README).
+MKL_SMALL_ROWS = 4
+
+
 def can_prepack(weight: torch.Tensor) -> bool:
-    """Whether oneDNN can hold this weight prepacked: bfloat16 on a CPU with oneDNN."""
-    return (
-        weight.device.type == "cpu"
-        and weight.dtype == torch.bfloat16
-        and torch.backends.mkldnn.is_available()
-    )
+    """Whether oneDNN can hold this weight prepacked: on a CPU with oneDNN, bfloat16 or (on
+    x86-64, where it was measured) float32."""
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    if weight.dtype == torch.float32:
+        return platform.machine().lower() in {"x86_64", "amd64"}
+    return weight.dtype == torch.bfloat16
+
+
+def is_intel_cpu() -> bool:
+    """Whether this machine's CPU is Intel's (Linux: /proc/cpuinfo; elsewhere assumed not)."""
+    try:
+        return "GenuineIntel" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
 
 
 class Projection:
@@ -37,13 +56,20 @@ class Projection:
 
     oneDNN's bfloat16 product reorders a plain weight into its blocked layout on every call;
     prepacking does that once, which makes the same products (bit for bit) 1.3-2x faster on an
-    AMX CPU (docs/serving-history.md) for a second copy of the weight. The plain weight stays
-    the source of truth: after changing it in place, call `repack()`.
+    AMX CPU (docs/serving-history.md). In float32 `F.linear` runs MKL's products, and oneDNN's
+    over a prepacked weight took half their time on a 2-core AMD CPU (README); they agree with
+    MKL's to float32 rounding, not bit for bit. Products of fewer than `plain_below` rows take
+    `F.linear` even when prepacked (`MKL_SMALL_ROWS`). Either way prepacking costs a second
+    copy of the weight. The plain weight stays the source of truth: after changing it in place,
+    call `repack()`.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, prepack: bool) -> None:
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, prepack: bool, plain_below: int
+    ) -> None:
         self.weight = weight
         self.bias = bias
+        self.plain_below = plain_below
         self.packed: torch.Tensor | None = None
         if prepack:
             self.repack()
@@ -53,7 +79,7 @@ class Projection:
         self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is None:
+        if self.packed is None or x.numel() < self.plain_below * x.shape[-1]:
             return F.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
@@ -156,7 +182,8 @@ class LlamaForward:
     attends under a boolean mask [B, Q, L] sliced to the batch's live key length L (SDPA, or
     grouped matmuls for narrow bfloat16 forwards on a CPU: `grouped_attention`); `head`
     projects final states to logits. `prepack` (default: where `can_prepack`) also holds every
-    projection prepacked for oneDNN; whoever writes the model's weights then calls `repack()`.
+    projection prepacked for oneDNN (float32 products of few rows on an Intel CPU still take
+    MKL's: `MKL_SMALL_ROWS`); whoever writes the model's weights then calls `repack()`.
     """
 
     def __init__(
@@ -175,11 +202,17 @@ class LlamaForward:
         self.eps = config.rms_norm_eps
         self.embed = base.embed_tokens.weight
         self.norm = base.norm.weight
+        device, dtype = self.embed.device, self.embed.dtype
         if prepack is None:
             prepack = can_prepack(self.embed)
-        self.layers = [self._fuse(layer, prepack) for layer in base.layers]
-        self.head = Projection(model.lm_head.weight.detach(), None, prepack)
-        device, dtype = self.embed.device, self.embed.dtype
+        on_mkl = dtype == torch.float32 and torch.backends.mkl.is_available() and is_intel_cpu()
+        small_rows = MKL_SMALL_ROWS if on_mkl else 0
+
+        def project(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Projection:
+            return Projection(weight, bias, prepack, small_rows)
+
+        self.layers = [self._fuse(layer, project) for layer in base.layers]
+        self.head = project(model.lm_head.weight.detach())
         # Narrow forwards attend with grouped matmuls where SDPA is slow (engine.attention).
         self.grouped_attention = prefers_grouped(dtype, device)
         positions = torch.arange(max_positions, device=device)[None]
@@ -188,17 +221,19 @@ class LlamaForward:
         self.cos, self.sin = cos[0], sin[0]
 
     @staticmethod
-    def _fuse(layer: torch.nn.Module, prepack: bool) -> _Layer:
+    def _fuse(
+        layer: torch.nn.Module, project: Callable[[torch.Tensor, torch.Tensor | None], Projection]
+    ) -> _Layer:
         attn, mlp = layer.self_attn, layer.mlp
         projections = (attn.q_proj, attn.k_proj, attn.v_proj)
         bias = None
         if attn.q_proj.bias is not None:
             bias = torch.cat([p.bias.detach() for p in projections])
         return _Layer(
-            qkv=Projection(_share_rows(projections), bias, prepack),
-            out=Projection(_share_rows((attn.o_proj,)), None, prepack),
-            gate_up=Projection(_share_rows((mlp.gate_proj, mlp.up_proj)), None, prepack),
-            down=Projection(_share_rows((mlp.down_proj,)), None, prepack),
+            qkv=project(_share_rows(projections), bias),
+            out=project(_share_rows((attn.o_proj,)), None),
+            gate_up=project(_share_rows((mlp.gate_proj, mlp.up_proj)), None),
+            down=project(_share_rows((mlp.down_proj,)), None),
             attn_norm=layer.input_layernorm.weight.detach(),
             mlp_norm=layer.post_attention_layernorm.weight.detach(),
         )
