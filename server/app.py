@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
@@ -26,6 +28,7 @@ from server.errors import (
     APIError,
     install_error_handlers,
     invalid_request,
+    load_failed,
     overloaded,
     unauthorized,
     unavailable,
@@ -33,6 +36,7 @@ from server.errors import (
 from server.limits import BodySizeLimit
 from server.protocol import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList
 from server.serving import ChatService
+from server.shutdown import abandon_start_up
 from server.threads import helper_executor
 from server.verification import ClaimChecker
 
@@ -73,7 +77,7 @@ async def _load(state: ServerState, builder: EngineBuilder) -> None:
     config = state.config
     asyncio.get_running_loop().set_default_executor(helper_executor())
     try:
-        state.model_path = await asyncio.to_thread(resolve_model, config.model, config.cache_dir)
+        state.model_path = await _prepared_model(config)
         state.engines = await asyncio.to_thread(builder, state.model_path, config, state.names[0])
         checker = ClaimChecker()
         await asyncio.to_thread(checker.warm_up)
@@ -95,6 +99,50 @@ async def _load(state: ServerState, builder: EngineBuilder) -> None:
     logger.info("ready: serving %s from %s", state.names, state.model_path)
 
 
+class ModelPreparationError(RuntimeError):
+    """The child process preparing the model failed (its message: the child's error) or died."""
+
+
+async def _prepared_model(config: ServerConfig) -> Path:
+    """The model's folder, prepared into the cache (dequantised, merged) by a child process.
+
+    A child process can be ended at once by a stop during start-up, and its minute of
+    preparation leaves the event loop's thread alone, so /ready and /health answer promptly.
+    """
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    level = logging.getLogger().getEffectiveLevel()
+    child = context.Process(
+        target=_prepare_in_child,
+        args=(sender, level, config.model, config.cache_dir),
+        name="guardserve-prepare",
+    )
+    child.start()
+    sender.close()
+    try:
+        path, error = await asyncio.to_thread(receiver.recv)
+    except EOFError:
+        path, error = None, None
+    finally:
+        receiver.close()
+        await asyncio.to_thread(child.join)
+    if path is None:
+        raise ModelPreparationError(
+            error or f"the preparing process died (exit code {child.exitcode})"
+        )
+    return path
+
+
+def _prepare_in_child(sender: Connection, level: int, model: str | None, cache: str | None) -> None:
+    """The preparing child: resolve the model, send back (path, None) or (None, its error)."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        sender.send((resolve_model(model, cache), None))
+    except Exception as exc:
+        logger.exception("model preparation failed")
+        sender.send((None, f"{type(exc).__name__}: {exc}"))
+
+
 def guard_defaults(assets: GuardAssets | None, enabled: bool) -> GuardConfig:
     """The server's guard settings: the model's calibrated probe setup, else the paper's."""
     return assets.defaults(enabled) if assets is not None else GuardConfig(enabled=enabled)
@@ -108,6 +156,8 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.create_task(_load(state, builder))
         yield
+        if not loading.done():
+            abandon_start_up()
         await loading
         if state.engines is not None:
             await state.engines.plain.shutdown()
@@ -142,9 +192,11 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
         return response
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        """Liveness: the process is up."""
-        return {"status": "ok"}
+    async def health() -> JSONResponse:
+        """Liveness: the process is up, and its model did not fail to load (503 if it did)."""
+        if state.load_error is not None:
+            return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
@@ -183,6 +235,8 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
         service = state.service
         if state.draining:
             raise unavailable("The server is shutting down.")
+        if state.load_error is not None:
+            raise load_failed(state.load_error)
         if service is None:
             raise unavailable("The model is still loading.")
         # Templating and tokenising a long prompt takes a while: off the event loop.

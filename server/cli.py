@@ -11,7 +11,14 @@ from server.config import ServerConfig
 
 # Flags by group; each flag is a ServerConfig field and takes its default and help from there.
 FLAG_GROUPS: dict[str, list[str]] = {
-    "model": ["model", "served_model_name", "dtype", "max_model_len", "cache_dir"],
+    "model": [
+        "model",
+        "served_model_name",
+        "dtype",
+        "max_model_len",
+        "cache_dir",
+        "exit_on_load_failure",
+    ],
     "server": [
         "host",
         "port",
@@ -111,5 +118,6 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    DrainingServer.for_app(create_app(config), log_level=args.log_level).run()
-    return 0
+    server = DrainingServer.for_app(create_app(config), log_level=args.log_level)
+    server.run()
+    return server.exit_code

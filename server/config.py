@@ -93,3 +93,8 @@ class ServerConfig(BaseModel):
     cache_dir: str | None = Field(
         None, description="Where models are prepared; default: $GUARDSERVE_CACHE or ~/.cache."
     )
+    exit_on_load_failure: bool = Field(
+        True,
+        description="Exit with status 1 when the model cannot load, as `vllm serve` does, so a "
+        "supervisor restarts it; --no-exit-on-load-failure stays up, /health and chat 503.",
+    )
