@@ -249,7 +249,9 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
         state.in_flight += sequences
         if body.stream:
             # Counted from now, not from its first event, so a burst cannot slip past the check.
-            return AdmittedStream(state, service.stream(prepared, timeout), sequences)
+            keepalive = state.config.stream_keepalive_interval
+            events = service.stream(prepared, timeout, keepalive_s=keepalive)
+            return AdmittedStream(state, events, sequences)
         try:
             completion = await _unless_disconnected(request, service.complete(prepared, timeout))
         except EngineInputError as exc:

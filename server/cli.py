@@ -26,6 +26,7 @@ FLAG_GROUPS: dict[str, list[str]] = {
         "request_timeout",
         "shutdown_grace_period",
         "max_body_bytes",
+        "stream_keepalive_interval",
     ],
     "engines": [
         "plain_engine",
