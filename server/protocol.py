@@ -17,9 +17,13 @@ from pydantic import (
     model_validator,
 )
 
-from engine.outputs import FinishReason, TokenLogprob
+from engine.outputs import TokenLogprob
 from guard.config import GuardConfig
 from guard.report import GuardReport
+
+# Why a choice ended: its stop (end of sequence or a stop string), its token limit, or the
+# guard withholding the answer or its tail (the guard report's outcome refused or truncated).
+FinishReason = Literal["stop", "length", "content_filter"]
 
 
 def valid_unicode(value: Any) -> Any:

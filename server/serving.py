@@ -29,6 +29,7 @@ from server.protocol import (
     ChoiceLogprobs,
     ChunkChoice,
     DeltaMessage,
+    FinishReason,
     Usage,
     completion_id,
 )
@@ -277,7 +278,7 @@ class ChatService:
                 Choice(
                     index=i,
                     message=AssistantMessage(content=c.text),
-                    finish_reason=c.finish_reason or "stop",
+                    finish_reason=_finish_reason(c) or "stop",
                     logprobs=ChoiceLogprobs.of(c.logprobs),
                 )
                 for i, c in enumerate(choices)
@@ -363,7 +364,7 @@ class ChatService:
                             role="assistant" if first else None,
                             content=item.text or ("" if first else None),
                         ),
-                        finish_reason=item.finish_reason,
+                        finish_reason=_finish_reason(item),
                         logprobs=ChoiceLogprobs.of(item.logprobs),
                     )
                     yield event(
@@ -400,6 +401,15 @@ class ChatService:
         return Usage(
             prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
         )
+
+
+def _finish_reason(output: Output) -> FinishReason | None:
+    """OpenAI's finish reason of a choice's output: `content_filter` where the guard withheld
+    the answer or its tail (report outcome refused or truncated), else the engine's own."""
+    report = output.report
+    if output.finish_reason is not None and report is not None and report.outcome != "answered":
+        return "content_filter"
+    return output.finish_reason
 
 
 def _absorb(choice: Output, chunk: Output) -> Output:
