@@ -124,7 +124,9 @@ class ChatCompletionRequest(BaseModel):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_p: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="0: the smallest nucleus, the top token alone."
+    )
     top_k: int | None = Field(default=None, ge=-1)
     n: int = Field(default=1, ge=1, le=16)
     max_tokens: int | None = Field(default=None, ge=1)
