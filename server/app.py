@@ -151,6 +151,7 @@ def guard_defaults(assets: GuardAssets | None, enabled: bool) -> GuardConfig:
 def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> FastAPI:
     """Build the app; the model loads in the background and /ready turns 200 when it is up."""
     state = ServerState(config)
+    metrics.READY.set_function(lambda: float(state.service is not None and not state.draining))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

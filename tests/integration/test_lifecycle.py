@@ -259,3 +259,5 @@ def test_without_exit_on_load_failure_health_and_chat_say_it_failed(tmp_path: Pa
         error = chat.json()["error"]
         assert error["code"] == "model_load_failed"
         assert error["message"].startswith("The model failed to load: ")
+        metrics = httpx.get(f"{server.url}/metrics", timeout=5).text
+        assert "\nguardserve_ready 0.0\n" in metrics
