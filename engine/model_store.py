@@ -150,9 +150,6 @@ def prepare_balto(base_dir: Path, target: Path, adapter_dir: Path | None = None)
     Merged once; merged again when the adapter's digest differs from the one `target` records.
     """
     adapter = adapter_dir or DEFAULT_ADAPTER
-    if merged_digest(target) == adapter_digest(adapter):
-        return target
-    logger.info("merging BALTO adapter %s into %s", adapter, target)
     return merge_adapter(adapter, base_dir, target)
 
 
@@ -186,6 +183,7 @@ def merge_adapter(adapter_dir: Path, base_dir: Path, out_dir: Path) -> Path:
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        logger.info("merging adapter %s into %s", adapter_dir, out_dir)
         model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
         merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
         merged.save_pretrained(folder)
