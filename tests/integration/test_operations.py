@@ -107,7 +107,8 @@ def test_streamed_request_past_its_timeout_ends_with_an_error_event(
 ) -> None:
     url = f"{tight_server.url}/v1/chat/completions"
     with httpx.stream("POST", url, json=chat(400, stream=True), timeout=60) as response:
-        events = [line.removeprefix("data: ") for line in response.iter_lines() if line]
+        lines = response.iter_lines()
+        events = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     errors = [json.loads(e)["error"] for e in events[:-1] if "error" in json.loads(e)]
     assert [e["code"] for e in errors] == ["timeout"]
