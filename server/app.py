@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
@@ -17,7 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.types import Receive, Scope, Send
 
-from engine.model_store import DEFAULT_MODEL, resolve_model
+from engine.model_store import DEFAULT_MODEL
 from guard.config import GuardConfig
 from guard.probe import GuardAssets
 from server import metrics
@@ -34,6 +32,7 @@ from server.errors import (
     unavailable,
 )
 from server.limits import BodySizeLimit
+from server.preparation import ModelPreparationError, prepared_model
 from server.protocol import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList
 from server.serving import ChatService
 from server.shutdown import abandon_start_up
@@ -77,12 +76,13 @@ async def _load(state: ServerState, builder: EngineBuilder) -> None:
     config = state.config
     asyncio.get_running_loop().set_default_executor(helper_executor())
     try:
-        state.model_path = await _prepared_model(config)
+        state.model_path = await prepared_model(config.model, config.cache_dir)
         state.engines = await asyncio.to_thread(builder, state.model_path, config, state.names[0])
         checker = ClaimChecker()
         await asyncio.to_thread(checker.warm_up)
     except Exception as exc:
-        logger.exception("model load failed")
+        # The preparing child has logged its own traceback; this one would add nothing.
+        logger.error("model load failed", exc_info=not isinstance(exc, ModelPreparationError))
         state.load_error = f"{type(exc).__name__}: {exc}"
         return
     state.service = ChatService(
@@ -97,50 +97,6 @@ async def _load(state: ServerState, builder: EngineBuilder) -> None:
         has_probe=state.engines.guard_assets is not None,
     )
     logger.info("ready: serving %s from %s", state.names, state.model_path)
-
-
-class ModelPreparationError(RuntimeError):
-    """The child process preparing the model failed (its message: the child's error) or died."""
-
-
-async def _prepared_model(config: ServerConfig) -> Path:
-    """The model's folder, prepared into the cache (dequantised, merged) by a child process.
-
-    A child process can be ended at once by a stop during start-up, and its minute of
-    preparation leaves the event loop's thread alone, so /ready and /health answer promptly.
-    """
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    level = logging.getLogger().getEffectiveLevel()
-    child = context.Process(
-        target=_prepare_in_child,
-        args=(sender, level, config.model, config.cache_dir),
-        name="guardserve-prepare",
-    )
-    child.start()
-    sender.close()
-    try:
-        path, error = await asyncio.to_thread(receiver.recv)
-    except EOFError:
-        path, error = None, None
-    finally:
-        receiver.close()
-        await asyncio.to_thread(child.join)
-    if path is None:
-        raise ModelPreparationError(
-            error or f"the preparing process died (exit code {child.exitcode})"
-        )
-    return path
-
-
-def _prepare_in_child(sender: Connection, level: int, model: str | None, cache: str | None) -> None:
-    """The preparing child: resolve the model, send back (path, None) or (None, its error)."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        sender.send((resolve_model(model, cache), None))
-    except Exception as exc:
-        logger.exception("model preparation failed")
-        sender.send((None, f"{type(exc).__name__}: {exc}"))
 
 
 def guard_defaults(assets: GuardAssets | None, enabled: bool) -> GuardConfig:

@@ -185,8 +185,8 @@ def test_sigterm_while_preparing_exits_at_once_and_the_next_start_redoes_it(
 @pytest.mark.parametrize(
     ("engine", "stage", "after_s"),
     [
-        ("torch", r"Started server process", 1.0),  # the preparing child at work
-        ("torch", r"guard probe: layer", 1.0),  # the torch engine being built
+        ("torch", r"Started server process", 0.3),  # the preparing child at work
+        ("torch", r"guard probe: layer", 0.0),  # the torch engine being built
         # vLLM's engine process loading the weights (its own log line, seconds before ready)
         pytest.param("vllm", r"Loading safetensors checkpoint shards", 0.0, marks=pytest.mark.vllm),
     ],
