@@ -278,7 +278,8 @@ def keepalive_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runni
 
 def held_stream() -> dict:
     """A guarded stream held until its four chains are checked: silent for seconds."""
-    return {**chat(24, stream=True), "guard": {"enabled": True, "chains": 4}}
+    guard = {"enabled": True, "chains": 4, "prefer_supported": False}
+    return {**chat(16, stream=True), "guard": guard}
 
 
 def test_a_held_guarded_stream_sends_keep_alive_comments(keepalive_server: RunningServer) -> None:
