@@ -59,7 +59,12 @@ class GuardReport(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
     mode: Literal["guard", "verify"] = "guard"
-    outcome: Outcome = "answered"
+    outcome: Outcome = Field(
+        "answered",
+        description="answered; refused (the refusal message replaces the answer) or truncated "
+        "(the trusted prefix and the truncation marker), whose choice then has the "
+        "finish_reason content_filter, in streams and whole answers alike.",
+    )
     reason: str | None = None
     segments: list[SegmentReport] = Field(default_factory=list)
     global_check: GlobalReport | None = Field(default=None, alias="global")

@@ -298,6 +298,8 @@ class GuardserveUser(HttpUser):
                 return
             chunks = 0
             for raw in resp.iter_lines():
+                if raw.startswith(b":"):  # an SSE comment: the server's keep-alive
+                    continue
                 payload = raw.decode("utf-8").removeprefix("data:").strip()
                 if not payload or payload == "[DONE]":
                     continue

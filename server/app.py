@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.types import Receive, Scope, Send
 
-from engine.model_store import DEFAULT_MODEL, resolve_model
+from engine.model_store import DEFAULT_MODEL
 from guard.config import GuardConfig
 from guard.probe import GuardAssets
 from server import metrics
@@ -26,13 +26,16 @@ from server.errors import (
     APIError,
     install_error_handlers,
     invalid_request,
+    load_failed,
     overloaded,
     unauthorized,
     unavailable,
 )
 from server.limits import BodySizeLimit
+from server.preparation import ModelPreparationError, prepared_model
 from server.protocol import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList
 from server.serving import ChatService
+from server.shutdown import abandon_start_up
 from server.threads import helper_executor
 from server.verification import ClaimChecker
 
@@ -73,12 +76,13 @@ async def _load(state: ServerState, builder: EngineBuilder) -> None:
     config = state.config
     asyncio.get_running_loop().set_default_executor(helper_executor())
     try:
-        state.model_path = await asyncio.to_thread(resolve_model, config.model, config.cache_dir)
+        state.model_path = await prepared_model(config.model, config.cache_dir)
         state.engines = await asyncio.to_thread(builder, state.model_path, config, state.names[0])
         checker = ClaimChecker()
         await asyncio.to_thread(checker.warm_up)
     except Exception as exc:
-        logger.exception("model load failed")
+        # The preparing child has logged its own traceback; this one would add nothing.
+        logger.error("model load failed", exc_info=not isinstance(exc, ModelPreparationError))
         state.load_error = f"{type(exc).__name__}: {exc}"
         return
     state.service = ChatService(
@@ -103,11 +107,14 @@ def guard_defaults(assets: GuardAssets | None, enabled: bool) -> GuardConfig:
 def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> FastAPI:
     """Build the app; the model loads in the background and /ready turns 200 when it is up."""
     state = ServerState(config)
+    metrics.READY.set_function(lambda: float(state.service is not None and not state.draining))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.create_task(_load(state, builder))
         yield
+        if not loading.done():
+            abandon_start_up()
         await loading
         if state.engines is not None:
             await state.engines.plain.shutdown()
@@ -142,9 +149,11 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
         return response
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        """Liveness: the process is up."""
-        return {"status": "ok"}
+    async def health() -> JSONResponse:
+        """Liveness: the process is up, and its model did not fail to load (503 if it did)."""
+        if state.load_error is not None:
+            return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
@@ -183,6 +192,8 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
         service = state.service
         if state.draining:
             raise unavailable("The server is shutting down.")
+        if state.load_error is not None:
+            raise load_failed(state.load_error)
         if service is None:
             raise unavailable("The model is still loading.")
         # Templating and tokenising a long prompt takes a while: off the event loop.
@@ -195,7 +206,9 @@ def create_app(config: ServerConfig, builder: EngineBuilder = build_engines) -> 
         state.in_flight += sequences
         if body.stream:
             # Counted from now, not from its first event, so a burst cannot slip past the check.
-            return AdmittedStream(state, service.stream(prepared, timeout), sequences)
+            keepalive = state.config.stream_keepalive_interval
+            events = service.stream(prepared, timeout, keepalive_s=keepalive)
+            return AdmittedStream(state, events, sequences)
         try:
             completion = await _unless_disconnected(request, service.complete(prepared, timeout))
         except EngineInputError as exc:

@@ -133,3 +133,14 @@ class ServerConfig(BaseModel):
         None,
         description="Where models are prepared; None: $GUARDSERVE_CACHE, else ~/.cache/guardserve.",
     )
+    exit_on_load_failure: bool = Field(
+        True,
+        description="Exit with status 1 when the model cannot load, as `vllm serve` does, so a "
+        "supervisor restarts it; --no-exit-on-load-failure stays up, /health and chat 503.",
+    )
+    stream_keepalive_interval: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a stream may stay silent (a guarded answer held until checked) "
+        "before it sends an SSE comment line, so proxies' idle timeouts do not cut it.",
+    )

@@ -99,6 +99,16 @@ def unavailable(message: str) -> APIError:
     )
 
 
+def load_failed(error: str) -> APIError:
+    """503: the model could not be loaded, and will not be by this process."""
+    return APIError(
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        f"The model failed to load: {error}",
+        type="server_error",
+        code="model_load_failed",
+    )
+
+
 _UNION_TAGS = frozenset({"str", "int", "float", "bool", "dict"})
 
 

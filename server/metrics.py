@@ -33,6 +33,11 @@ GENERATED_TOKENS = Counter(
     "guardserve_generated_tokens_total", "Completion tokens returned to clients.", ["mode"]
 )
 PROMPT_TOKENS = Counter("guardserve_prompt_tokens_total", "Prompt tokens processed.", ["mode"])
+READY = Gauge(
+    "guardserve_ready",
+    "1 while the server serves (what GET /ready says); 0 while its model loads, after a failed "
+    "load, and while it drains for shutdown.",
+)
 REQUESTS_RUNNING = Gauge(
     "guardserve_requests_running", "Requests being generated right now.", ["engine"]
 )

@@ -17,9 +17,13 @@ from pydantic import (
     model_validator,
 )
 
-from engine.outputs import FinishReason, TokenLogprob
+from engine.outputs import TokenLogprob
 from guard.config import GuardConfig
 from guard.report import GuardReport
+
+# Why a choice ended: its stop (end of sequence or a stop string), its token limit, or the
+# guard withholding the answer or its tail (the guard report's outcome refused or truncated).
+FinishReason = Literal["stop", "length", "content_filter"]
 
 
 def valid_unicode(value: Any) -> Any:
@@ -120,7 +124,9 @@ class ChatCompletionRequest(BaseModel):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_p: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="0: the smallest nucleus, the top token alone."
+    )
     top_k: int | None = Field(default=None, ge=-1)
     n: int = Field(default=1, ge=1, le=16)
     max_tokens: int | None = Field(default=None, ge=1)

@@ -28,10 +28,14 @@ from server.protocol import (
     ChoiceLogprobs,
     ChunkChoice,
     DeltaMessage,
+    FinishReason,
     Usage,
     completion_id,
 )
 from server.verification import ClaimChecker, conversation_context
+
+# An SSE comment: clients skip it, proxies and load balancers see the connection is alive.
+KEEPALIVE_EVENT = ": keep-alive\n\n"
 
 
 @dataclass(frozen=True)
@@ -234,7 +238,7 @@ class ChatService:
                 Choice(
                     index=i,
                     message=AssistantMessage(content=c.text),
-                    finish_reason=c.finish_reason or "stop",
+                    finish_reason=_finish_reason(c) or "stop",
                     logprobs=ChoiceLogprobs.of(c.logprobs),
                 )
                 for i, c in enumerate(choices)
@@ -244,11 +248,18 @@ class ChatService:
         )
 
     async def stream(
-        self, prepared: Prepared, timeout_s: float | None = None
+        self,
+        prepared: Prepared,
+        timeout_s: float | None = None,
+        *,
+        keepalive_s: float,
     ) -> AsyncIterator[str]:
         """Server-sent events: a role chunk, content deltas, finish chunks, usage, [DONE].
 
         Past `timeout_s` the stream ends with an error event and the generations are aborted.
+        Whenever nothing has been sent for `keepalive_s` (a guarded answer is held until it is
+        checked), an SSE comment line goes out, which clients ignore and proxies count as
+        traffic.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         rid = completion_id()
@@ -274,13 +285,21 @@ class ChatService:
                 for i, s in enumerate(self._generations(prepared, rid))
             ]
             announced: set[int] = set()
+            sent = time.monotonic()
             try:
                 remaining = len(choices)
                 while remaining:
-                    left = None if deadline is None else max(deadline - time.monotonic(), 0)
+                    now = time.monotonic()
+                    wait = max(sent + keepalive_s - now, 0)
+                    if deadline is not None and deadline - now < wait:
+                        wait = max(deadline - now, 0)
                     try:
-                        index, item = await asyncio.wait_for(events.get(), left)
+                        index, item = await asyncio.wait_for(events.get(), wait)
                     except TimeoutError:
+                        if deadline is None or time.monotonic() < deadline:
+                            yield KEEPALIVE_EVENT
+                            sent = time.monotonic()
+                            continue
                         message = f"The request did not finish within {timeout_s} s."
                         yield _error_event(message, "timeout_error", "timeout")
                         observation.outcome = "timeout"
@@ -305,7 +324,7 @@ class ChatService:
                             role="assistant" if first else None,
                             content=item.text or ("" if first else None),
                         ),
-                        finish_reason=item.finish_reason,
+                        finish_reason=_finish_reason(item),
                         logprobs=ChoiceLogprobs.of(item.logprobs),
                     )
                     yield event(
@@ -317,6 +336,7 @@ class ChatService:
                             guard=item.report if item.finish_reason else None,
                         )
                     )
+                    sent = time.monotonic()
             except EngineError as exc:
                 yield _error_event(str(exc), "server_error", "engine_error")
                 observation.fail()
@@ -341,6 +361,15 @@ class ChatService:
         return Usage(
             prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
         )
+
+
+def _finish_reason(output: Output) -> FinishReason | None:
+    """OpenAI's finish reason of a choice's output: `content_filter` where the guard withheld
+    the answer or its tail (report outcome refused or truncated), else the engine's own."""
+    report = output.report
+    if output.finish_reason is not None and report is not None and report.outcome != "answered":
+        return "content_filter"
+    return output.finish_reason
 
 
 def _absorb(choice: Output, chunk: Output) -> Output:

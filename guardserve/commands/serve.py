@@ -11,8 +11,15 @@ from server.config import ServerConfig
 
 # Each flag is a ServerConfig field and takes its type, default and help from there.
 FLAG_GROUPS: dict[str, list[str]] = {
-    "model": ["model", "served_model_name", "dtype", "max_model_len", "cache_dir"],
-    "server": ["host", "port", "shutdown_grace_period"],
+    "model": [
+        "model",
+        "served_model_name",
+        "dtype",
+        "max_model_len",
+        "cache_dir",
+        "exit_on_load_failure",
+    ],
+    "server": ["host", "port", "shutdown_grace_period", "stream_keepalive_interval"],
     "engines": ["plain_engine", "kv_cache_memory_bytes"],
     "engines, vLLM only": [
         "tensor_parallel_size",
@@ -76,5 +83,6 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    DrainingServer.for_app(create_app(config), log_level=args.log_level).run()
-    return 0
+    server = DrainingServer.for_app(create_app(config), log_level=args.log_level)
+    server.run()
+    return server.exit_code

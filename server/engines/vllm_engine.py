@@ -83,8 +83,9 @@ class VllmEngine:
         sampling = VllmSamplingParams(
             n=1,
             temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=params.top_k if params.top_k > 0 else 0,
+            top_p=params.top_p if params.top_p > 0 else 1.0,
+            # OpenAI's top_p 0 (the top token alone), which vLLM refuses, is its top_k 1.
+            top_k=1 if params.top_p <= 0 else max(params.top_k, 0),
             seed=params.seed,
             max_tokens=params.max_tokens,
             stop=list(params.stop) or None,

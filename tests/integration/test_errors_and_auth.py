@@ -55,7 +55,8 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any] | str, int, str | None, str | None]
         "messages",
     ),
     ("temperature_too_high", body(temperature=5), 400, None, "temperature"),
-    ("top_p_zero", body(top_p=0), 400, None, "top_p"),
+    ("top_p_negative", body(top_p=-0.1), 400, None, "top_p"),
+    ("top_p_above_one", body(top_p=1.5), 400, None, "top_p"),
     ("n_zero", body(n=0), 400, None, "n"),
     ("too_many_stops", body(stop=["a", "b", "c", "d", "e"]), 400, None, "stop"),
     ("options_without_stream", body(stream_options={"include_usage": True}), 400, None, None),
@@ -171,7 +172,7 @@ def test_openai_client_raises_typed_errors(server: Server) -> None:
         {"messages": [{"role": "wizard", "content": "hi"}]},
         {"messages": HELLO, "max_tokens": 0},
         {"messages": HELLO, "temperature": 5},
-        {"messages": HELLO, "top_p": 0},
+        {"messages": HELLO, "top_p": -0.5},
         {"messages": HELLO, "n": 0},
     ]
     for kwargs in bad_calls:

@@ -72,6 +72,12 @@ def kept_text(report: dict[str, Any]) -> str:
     return "".join(s["text"] for s in report["segments"] if s["status"] != "discarded")
 
 
+def finish_reasons(report: dict[str, Any]) -> set[str]:
+    """The finish reasons a guarded choice may have: content_filter when the guard withheld
+    the answer or its tail, else the engine's stop or length."""
+    return {"content_filter"} if report["outcome"] != "answered" else {"stop", "length"}
+
+
 def check_report(report: dict[str, Any], chains: int = CALIBRATION.chains) -> None:
     """A report's shape, and the relations between its numbers that Eq. 12 and 17 fix."""
     assert report["mode"] == "guard"
@@ -178,7 +184,7 @@ def test_refuse_path(torch_server: Server) -> None:
     check_report(report)
     assert report["outcome"] == "refused"
     assert completion.choices[0].message.content == message
-    assert completion.choices[0].finish_reason in ("stop", "length")
+    assert completion.choices[0].finish_reason == "content_filter"
     if report.get("global") is not None:
         assert report["global"]["f_global"] < 1.0
         assert report["global"]["iterations"] == 0
@@ -192,6 +198,7 @@ def test_truncate_path(torch_server: Server) -> None:
     assert report["segments"][0]["status"] == "discarded"
     assert report["segments"][0]["total"] < TRUNCATE["tau_low"]
     assert completion.choices[0].message.content.endswith(MARKER)
+    assert completion.choices[0].finish_reason == "content_filter"
 
 
 @pytest.mark.parametrize(
@@ -251,9 +258,9 @@ def test_streaming_guarded_sends_accepted_segments_then_report(torch_server: Ser
     assert chunks[0].choices[0].delta.role == "assistant"
     with_choices = [c for c in chunks if c.choices]
     final = with_choices[-1]
-    assert final.choices[0].finish_reason in ("stop", "length")
     report = (final.model_extra or {}).get("guard")
     assert isinstance(report, dict)
+    assert final.choices[0].finish_reason in finish_reasons(report)
     check_report(report, chains=1)
     for chunk in with_choices[:-1]:
         assert chunk.choices[0].finish_reason is None
@@ -278,6 +285,43 @@ def test_streaming_guarded_truncation(torch_server: Server) -> None:
     report = (with_choices[-1].model_extra or {}).get("guard")
     assert report["outcome"] == "truncated"
     assert report["segments"][0]["status"] == "discarded"
+    assert with_choices[-1].choices[0].finish_reason == "content_filter"
+
+
+@pytest.mark.parametrize(
+    ("n", "guard"),
+    [(8, {"chains": 1}), (2, {"chains": 2, **REFUSE})],
+    ids=["reported_n8_chains1", "chains2_refuse"],
+)
+def test_finish_reason_says_the_guard_withheld_the_answer(
+    torch_server: Server, n: int, guard: dict[str, Any]
+) -> None:
+    """Issue 31's case (n=8, one chain, max_tokens 4: refusals came back as `length`), and a
+    refusal across chains; streamed and whole answers agree, choice by choice."""
+    completion = ask(torch_server, guard=guard, messages=GROUNDED, max_tokens=4, n=n)
+    whole = {c.index: c.finish_reason for c in completion.choices}
+    outcomes = [r["outcome"] for r in reports(completion)]
+    assert "refused" in outcomes
+    for index, report in enumerate(reports(completion)):
+        assert whole[index] in finish_reasons(report)
+    stream = torch_server.openai().chat.completions.create(
+        model=MODEL,
+        messages=GROUNDED,
+        max_tokens=4,
+        temperature=0,
+        n=n,
+        stream=True,
+        extra_body={"guard": guard},
+    )
+    streamed = {}
+    for chunk in stream:
+        for choice in chunk.choices:
+            if choice.finish_reason is not None:
+                report = (chunk.model_extra or {})["guard"]
+                assert choice.finish_reason in finish_reasons(report)
+                streamed[choice.index] = report["outcome"]
+    assert sorted(streamed) == list(range(n))
+    assert "refused" in streamed.values()
 
 
 def answer_checks(server: Server) -> float:

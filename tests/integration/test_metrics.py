@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import re
 import time
 
 import httpx
 import pytest
-from live_server import MODEL, Server, parse_metrics, user
+from live_server import MODEL, REPO_ROOT, Server, parse_metrics, user
 
 pytestmark = pytest.mark.integration
 
 JSON = {"content-type": "application/json"}
+CHART = REPO_ROOT / "helm" / "guardserve"
+# Series names in PromQL: a name directly followed by its label matchers (every query here
+# selects its series with matchers; functions are followed by "(", labels by "=").
+SERIES = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{")
+# Series that Prometheus itself makes (the scrape's health), not the server.
+PROMETHEUS_SERIES = {"up"}
 
 # Metric name -> Prometheus type, as announced by the `# TYPE` lines of the exposition.
 REQUIRED = {
@@ -170,3 +178,60 @@ def test_metrics_stay_open_and_parse(torch_server: Server) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     assert parse_metrics(response.text)
+
+
+def declared_series(exposition: str) -> set[str]:
+    """The series each `# TYPE` line announces, so a labelled family counts before its first
+    sample (e.g. claim-check verdicts, when no chain of this session was checked yet)."""
+    suffixes = {"histogram": ("_bucket", "_sum", "_count")}
+    declared = set()
+    for line in exposition.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            declared |= {name + suffix for suffix in suffixes.get(kind, ("",))}
+    return declared
+
+
+def monitored_series() -> set[str]:
+    """Every series the Grafana dashboard and the PrometheusRule template query."""
+    dashboard = json.loads((CHART / "dashboards" / "guardserve.json").read_text())
+    queries = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    queries.append((CHART / "templates" / "prometheusrule.yaml").read_text())
+    return {name for query in queries for name in SERIES.findall(query)} - PROMETHEUS_SERIES
+
+
+def test_dashboard_and_alerts_query_series_the_server_exports(server: Server) -> None:
+    """After plain, streamed and guarded traffic, each queried series is in /metrics (as a
+    sample or a declared family; histograms as _bucket/_sum/_count); vllm:* on the vLLM
+    server only, the CUDA gauges on GPU servers only."""
+    client = server.openai()
+    question = user("Name three fruits.")
+    client.chat.completions.create(model=MODEL, messages=question, max_tokens=8, temperature=0)
+    list(
+        client.chat.completions.create(
+            model=MODEL, messages=question, max_tokens=8, temperature=0, stream=True
+        )
+    )
+    # The calibrated default guard: several chains, whose answers the claim verifier checks.
+    grounded = user(
+        "Acme reported revenue of $12.4 billion in 2024. Jane Park is the CEO. "
+        "Who is the CEO of Acme?"
+    )
+    client.chat.completions.create(
+        model=MODEL,
+        messages=grounded,
+        max_tokens=32,
+        temperature=0,
+        extra_body={"guard": {"enabled": True}},
+    )
+    samples = server.metrics()
+    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    exported = names(samples) | declared_series(text)
+    wanted = monitored_series()
+    assert {"guardserve_ready", "guardserve_request_latency_seconds_bucket"} <= wanted
+    assert any(n.startswith("vllm:") for n in wanted)
+    if server.engine != "vllm":
+        wanted = {n for n in wanted if not n.startswith("vllm:")}
+    if not any('engine="torch-cuda' in key for key in samples):
+        wanted = {n for n in wanted if not n.startswith("guardserve_cuda_")}
+    assert sorted(wanted - exported) == []

@@ -75,6 +75,20 @@ def test_seed_makes_sampling_repeatable(server: Server) -> None:
     assert sample(1234) == first
 
 
+def test_top_p_zero_samples_the_top_token(server: Server) -> None:
+    """OpenAI accepts top_p 0, the smallest nucleus: sampling then always takes the top token."""
+    client = server.openai()
+    greedy = client.chat.completions.create(
+        model=MODEL, messages=POEM, max_tokens=16, temperature=0
+    )
+    nucleus = client.chat.completions.create(
+        model=MODEL, messages=POEM, max_tokens=16, temperature=1.5, top_p=0, n=2, seed=3
+    )
+    expected = greedy.choices[0].message.content
+    assert expected
+    assert [c.message.content for c in nucleus.choices] == [expected, expected]
+
+
 def test_n_returns_indexed_choices(server: Server) -> None:
     completion = server.openai().chat.completions.create(
         model=MODEL, messages=POEM, max_tokens=16, temperature=1.0, n=3, seed=7

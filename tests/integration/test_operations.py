@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from benchmarks.launcher import RunningServer, serve
@@ -105,7 +107,8 @@ def test_streamed_request_past_its_timeout_ends_with_an_error_event(
 ) -> None:
     url = f"{tight_server.url}/v1/chat/completions"
     with httpx.stream("POST", url, json=chat(400, stream=True), timeout=60) as response:
-        events = [line.removeprefix("data: ") for line in response.iter_lines() if line]
+        lines = response.iter_lines()
+        events = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     errors = [json.loads(e)["error"] for e in events[:-1] if "error" in json.loads(e)]
     assert [e["code"] for e in errors] == ["timeout"]
@@ -259,3 +262,65 @@ def test_a_huge_prompt_does_not_stall_the_event_loop(default_server: RunningServ
     # Before, /health waited for the whole tokenisation (nearly all of `took`).
     assert took > 0.3 and len(probes) > 3
     assert max(probes) < took / 2, (max(probes), took)
+
+
+KEEPALIVE_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def keepalive_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """Streams that fall silent for half a second send an SSE comment."""
+    log = tmp_path_factory.mktemp("keepalive") / "server.log"
+    flags = ["--plain-engine", "torch", "--max-model-len", "512"]
+    with serve([*flags, "--stream-keepalive-interval", str(KEEPALIVE_S)], log) as server:
+        yield server
+
+
+def held_stream() -> dict:
+    """A guarded stream held until its four chains are checked: silent for seconds."""
+    guard = {"enabled": True, "chains": 4, "prefer_supported": False}
+    return {**chat(16, stream=True), "guard": guard}
+
+
+def test_a_held_guarded_stream_sends_keep_alive_comments(keepalive_server: RunningServer) -> None:
+    url = f"{keepalive_server.url}/v1/chat/completions"
+    arrivals: list[float] = []
+    pieces: list[bytes] = []
+    with httpx.stream("POST", url, json=held_stream(), timeout=120) as response:
+        assert response.status_code == 200
+        arrivals.append(time.monotonic())  # the headers
+        for piece in response.iter_raw():
+            arrivals.append(time.monotonic())
+            pieces.append(piece)
+    text = b"".join(pieces).decode()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+    assert arrivals[-1] - arrivals[0] > 3 * KEEPALIVE_S  # the answer was held that long
+    assert text.count(": keep-alive\n\n") >= 2
+    assert max(gaps) <= KEEPALIVE_S + 1.0, max(gaps)
+    events = [line.removeprefix("data: ") for line in text.splitlines() if line.startswith("data:")]
+    assert events[-1] == "[DONE]"
+    finals = [json.loads(e) for e in events[:-1] if json.loads(e)["choices"][0]["finish_reason"]]
+    assert len(finals) == 1 and finals[0]["guard"]["chains"] == 4
+
+
+def test_the_openai_client_reads_a_stream_with_keep_alive_comments(
+    keepalive_server: RunningServer,
+) -> None:
+    client = openai.OpenAI(
+        base_url=keepalive_server.openai_base_url, api_key="unused", max_retries=0, timeout=120
+    )
+    body = held_stream()
+    chunks = list(
+        client.chat.completions.create(
+            model=body["model"],
+            messages=body["messages"],
+            max_tokens=body["max_tokens"],
+            temperature=0,
+            stream=True,
+            extra_body={"guard": body["guard"], "ignore_eos": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert content
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length", "content_filter")

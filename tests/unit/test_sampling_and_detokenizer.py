@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
@@ -27,9 +28,11 @@ def test_top_p_keeps_the_smallest_nucleus() -> None:
     assert torch.isfinite(kept[0]).tolist() == [True, True, False, False]
 
 
-def test_a_vanishing_top_p_still_keeps_the_best_token() -> None:
+@pytest.mark.parametrize("top_p", [5e-324, 0.0], ids=["rounds_to_zero", "zero"])
+def test_a_vanishing_top_p_still_keeps_the_best_token(top_p: float) -> None:
+    """OpenAI's top_p 0 (and one that rounds to 0 in float32) is the top token alone."""
     logits = torch.tensor([[0.5, 3.0, 1.0, -2.0]]).expand(5, -1)
-    params = [SamplingParams(max_tokens=1, top_p=5e-324)] * 5  # rounds to 0 in float32
+    params = [SamplingParams(max_tokens=1, top_p=top_p)] * 5
     generators = [torch.Generator().manual_seed(i) for i in range(5)]
     assert sample_batch(logits, params, generators) == [1] * 5
 

@@ -79,6 +79,7 @@ ConfigMap stores them; the Deployment passes each one as --flag=$(ENV) from that
   "max-queue" $s.maxQueue
   "request-timeout" $s.requestTimeout
   "shutdown-grace-period" $s.shutdownGracePeriod
+  "stream-keepalive-interval" $s.streamKeepaliveInterval
 }}
 {{- range $flag, $value := $flags }}
 {{- if not (kindIs "invalid" $value) }}
