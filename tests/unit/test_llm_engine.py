@@ -14,6 +14,20 @@ from engine.sequence import Sequence
 from tests.unit.test_model_runner import greedy_reference
 
 
+def recording_prompt_states(states: dict[str, torch.Tensor]) -> type[Sequence]:
+    """A plain sequence type that asks for the prompt state and keeps it in `states` by id."""
+
+    class Recording(Sequence):
+        uses_prompt_state = True
+
+        def on_prefill(self, logits: torch.Tensor, prompt_state: torch.Tensor | None) -> None:
+            assert prompt_state is not None
+            states[self.request_id] = prompt_state
+            super().on_prefill(logits, prompt_state)
+
+    return Recording
+
+
 def run(
     model: LlamaForCausalLM,
     tokenizer: PreTrainedTokenizerFast,
@@ -104,13 +118,7 @@ def test_chunked_prompt_state_is_the_mean_over_the_whole_prompt(
     tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
 ) -> None:
     states: dict[str, torch.Tensor] = {}
-
-    class Recording(Sequence):
-        uses_prompt_state = True
-
-        def on_prefill(self, logits: torch.Tensor, prompt_state: torch.Tensor | None) -> None:
-            states[self.request_id] = prompt_state
-            super().on_prefill(logits, prompt_state)
+    Recording = recording_prompt_states(states)
 
     prompt = [3 + (i * 5) % 90 for i in range(40)]
     for budget in (7, 4096):
@@ -169,13 +177,7 @@ def test_followers_get_the_prompt_state_of_the_sequence_that_prefilled(
     tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
 ) -> None:
     states: dict[str, torch.Tensor] = {}
-
-    class Recording(Sequence):
-        uses_prompt_state = True
-
-        def on_prefill(self, logits: torch.Tensor, prompt_state: torch.Tensor | None) -> None:
-            states[self.request_id] = prompt_state
-            super().on_prefill(logits, prompt_state)
+    Recording = recording_prompt_states(states)
 
     prompt = [3 + (i * 5) % 90 for i in range(12)]
     params = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)

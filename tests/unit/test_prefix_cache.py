@@ -9,7 +9,7 @@ from engine.llm_engine import LLMEngine
 from engine.model_runner import ModelRunner
 from engine.prefix_cache import CachedPrompt, PrefixCache
 from engine.sampling import SamplingParams
-from engine.sequence import Sequence
+from tests.unit.test_llm_engine import recording_prompt_states
 from tests.unit.test_model_runner import greedy_reference
 
 
@@ -53,13 +53,7 @@ def test_a_document_asked_about_again_prefills_only_the_new_question(
     first, second = [*document, 11, 12, 13], [*document, 21, 22]
     params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
     states: dict[str, torch.Tensor] = {}
-
-    class Recording(Sequence):
-        uses_prompt_state = True
-
-        def on_prefill(self, logits: torch.Tensor, prompt_state: torch.Tensor | None) -> None:
-            states[self.request_id] = prompt_state
-            super().on_prefill(logits, prompt_state)
+    Recording = recording_prompt_states(states)
 
     def serve(engine: LLMEngine, name: str, prompt: list[int]) -> tuple[list[int], int, int]:
         seq = Recording(name, prompt, params, tiny_tokenizer, frozenset({0}), 128)
