@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -301,14 +302,44 @@ def report(fit_dir: Path, choose_dir: Path, report_dir: Path) -> None:
         print(f"report AUROC {roc_auc_score(y_report, risk):.3f}: {name}")
 
 
+def crossval(fit_dir: Path, c: float = 0.003) -> None:
+    """5-fold AUROC on the fit lines alone (folds by question), each single layer and pooling
+    beside the committed probe (in-sample on its own fit lines 6001-6800) and the mean
+    log-probability: a look before choice and report lines exist."""
+    answers = load(fit_dir)
+    y, greedy = wrong(answers), np.array([a.kind == "greedy" for a in answers])
+    lines = np.array([a.line for a in answers])
+    print(f"{len(answers)} answers of {len(set(lines))} questions, {y[greedy].mean():.3f} wrong")
+    probe = np.array([a.old_risk for a in answers])
+    outside = greedy & ((lines < 6001) | (lines > 6800))
+    print(
+        f"committed probe: {roc_auc_score(y[greedy], probe[greedy]):.3f} (greedy answers), ", end=""
+    )
+    print(
+        f"{roc_auc_score(y[outside], probe[outside]):.3f} on {outside.sum()} outside its fit lines"
+    )
+    logprob = np.array([-a.logprob.mean() for a in answers])
+    print(f"mean log-probability: {roc_auc_score(y[greedy], logprob[greedy]):.3f}")
+    for layers in LAYER_CHOICES[:5]:
+        for pools in POOL_CHOICES[:3]:
+            x = features(answers, layers, pools, False)
+            risk = np.zeros(len(answers))
+            for train, test in GroupKFold(5).split(x, y, lines):
+                risk[test] = fit(x[train], y[train], c).decision_function(x[test])
+            auroc = roc_auc_score(y[greedy], risk[greedy])
+            print(f"5-fold AUROC {auroc:.3f} (greedy answers): layers {layers}, pools {pools}")
+
+
 def main() -> None:
-    """`collect` or `report`."""
+    """`collect`, `crossval` or `report`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     gather = commands.add_parser("collect", help="Decode answers and keep their features.")
     gather.add_argument("--lines", required=True, help="FIRST-LAST development lines")
     gather.add_argument("--samples", type=int, default=1, help="Sampled answers per question.")
     gather.add_argument("--out", type=Path, required=True)
+    look = commands.add_parser("crossval", help="5-fold AUROCs on the fit lines alone.")
+    look.add_argument("--fit", type=Path, required=True)
     study = commands.add_parser("report", help="Fit, choose and report the detectors.")
     study.add_argument("--fit", type=Path, required=True)
     study.add_argument("--choose", type=Path, required=True)
@@ -319,6 +350,8 @@ def main() -> None:
     if args.command == "collect":
         first, last = (int(n) for n in args.lines.split("-"))
         collect(first, last, args.samples, args.out)
+    elif args.command == "crossval":
+        crossval(args.fit)
     else:
         report(args.fit, args.choose, args.report)
 
