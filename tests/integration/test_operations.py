@@ -264,7 +264,7 @@ def test_a_huge_prompt_does_not_stall_the_event_loop(default_server: RunningServ
     assert max(probes) < took / 2, (max(probes), took)
 
 
-KEEPALIVE_S = 0.5
+KEEPALIVE_S = 0.25
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +279,7 @@ def keepalive_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runni
 def held_stream() -> dict:
     """A guarded stream held until its four chains are checked: silent for seconds."""
     guard = {"enabled": True, "chains": 4, "prefer_supported": False}
-    return {**chat(16, stream=True), "guard": guard}
+    return {**chat(64, stream=True), "guard": guard}
 
 
 def test_a_held_guarded_stream_sends_keep_alive_comments(keepalive_server: RunningServer) -> None:
