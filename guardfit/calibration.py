@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from groundedqa.datasets import HALUEVAL
 from groundedqa.halueval import check_dev_lines
+from groundedqa.metrics import risk_coverage
 from guard.calibration import THRESHOLDS, CalibrationFigures, ChainSetting, GuardCalibration
 from guard.config import GuardConfig
 
@@ -36,21 +37,13 @@ def threshold_for_budget(
     equally accurate thresholds the lowest, i.e. the one keeping most items, wins.
     """
     _check_budget(max_abstention)
-    if len(confidences) != len(correct):
-        raise ValueError("each confidence needs exactly one correctness flag")
     if not confidences:
         raise ValueError("no items to calibrate on")
-    scores = np.asarray(confidences, dtype=float)
-    order = np.argsort(-scores, kind="stable")
-    ranked, right = scores[order], np.asarray(correct, dtype=bool)[order]
-    n = len(ranked)
-    ends = np.flatnonzero(np.append(ranked[1:] != ranked[:-1], True))  # last index of each tie
-    kept = ends + 1
-    accuracy = np.cumsum(right)[ends] / kept
-    feasible = n - kept <= max_abstention * n + _SLACK
-    # Lexicographic best: accuracy first, then the number kept.
-    best = max(np.flatnonzero(feasible), key=lambda i: (accuracy[i], kept[i]))
-    return float(ranked[ends[best]])
+    n = len(confidences)
+    curve = risk_coverage(confidences, correct)  # one point per distinct confidence
+    feasible = [p for p in curve if n - round(p.coverage * n) <= max_abstention * n + _SLACK]
+    # The lowest risk (highest accuracy among kept items), then the most items kept.
+    return min(feasible, key=lambda point: (point.risk, -point.coverage)).threshold
 
 
 class SettingResult(BaseModel):
