@@ -120,14 +120,15 @@ class LLMEngine:
         """
         if not chunks:
             return []
-        try:
-            out = self.runner.extend(
-                [c.seq.slot for c in chunks], [c.seq.prompt_ids[c.start : c.end] for c in chunks]
-            )
-        except Exception as exc:  # one bad batch fails its own requests only
-            logger.exception("prefill failed")
-            for chunk in chunks:
-                self._fail(chunk.seq, failed, exc)
+        out = self._batched(
+            [c.seq for c in chunks],
+            failed,
+            "prefill",
+            self.runner.extend,
+            [c.seq.slot for c in chunks],
+            [c.seq.prompt_ids[c.start : c.end] for c in chunks],
+        )
+        if out is None:
             return []
         draws: list[Draw] = []
         for row, chunk in enumerate(chunks):
@@ -201,12 +202,15 @@ class LLMEngine:
         """Evaluate every row's candidates in one forward, commit the kept ones, and project
         their next-token logits; tree sequences `advance`, plain rows are returned to draw."""
         batch = [seq for seq, _ in rows]
-        try:
-            out = self.runner.tree_step([s.slot for s in batch], [c for _, c in rows])
-        except Exception as exc:
-            logger.exception("tree step failed")
-            for seq in batch:
-                self._fail(seq, failed, exc)
+        out = self._batched(
+            batch,
+            failed,
+            "tree step",
+            self.runner.tree_step,
+            [s.slot for s in batch],
+            [c for _, c in rows],
+        )
+        if out is None:
             return []
         kept_rows: list[int] = []
         picks: list[int] = []
@@ -236,12 +240,8 @@ class LLMEngine:
         self, seqs: list[TreeSequence], logits: torch.Tensor, failed: dict[str, str]
     ) -> None:
         """Hand each kept tree sequence its next-token logits; apply the rollbacks it returns."""
-        try:
-            wanted = self._shortlists(seqs, logits)
-        except Exception as exc:
-            logger.exception("shortlists failed")
-            for seq in seqs:
-                self._fail(seq, failed, exc)
+        wanted = self._batched(seqs, failed, "shortlists", self._shortlists, seqs, logits)
+        if wanted is None:
             return
         for seq, next_logits, shortlist in zip(seqs, logits, wanted, strict=True):
             rollback = self._isolated(seq, failed, seq.advance, next_logits, shortlist)
@@ -269,12 +269,16 @@ class LLMEngine:
             return
         seqs = [seq for seq, _ in draws]
         logits = torch.stack([row for _, row in draws])
-        try:
-            tokens = sample_batch(logits, [s.params for s in seqs], [s.generator for s in seqs])
-        except Exception as exc:
-            logger.exception("sampling failed")
-            for seq in seqs:
-                self._fail(seq, failed, exc)
+        tokens = self._batched(
+            seqs,
+            failed,
+            "sampling",
+            sample_batch,
+            logits,
+            [s.params for s in seqs],
+            [s.generator for s in seqs],
+        )
+        if tokens is None:
             return
         for seq, token, row in zip(seqs, tokens, logits, strict=True):
             self._isolated(seq, failed, seq.append_token, token, row)
@@ -293,6 +297,23 @@ class LLMEngine:
             if seq.finished:
                 self._release(seq)
         return outputs
+
+    def _batched(
+        self,
+        seqs: list[Sequence],
+        failed: dict[str, str],
+        what: str,
+        call: Callable[..., T],
+        *args: object,
+    ) -> T | None:
+        """Run one batched operation; an exception there fails the batch's sequences only."""
+        try:
+            return call(*args)
+        except Exception as exc:
+            logger.exception("%s failed", what)
+            for seq in seqs:
+                self._fail(seq, failed, exc)
+            return None
 
     def _isolated(
         self, seq: Sequence, failed: dict[str, str], call: Callable[..., T], *args: object
